@@ -1,0 +1,305 @@
+//! The objects that travel over the wire, one per WebSocket message, tagged by `op`.
+//!
+//! Client to broker ([`ClientFrame`]): `hello`, `sub`, `unsub`, `pub`, `ping`.
+//! Broker to client ([`ServerFrame`]): `msg`, `ok`, `pong`, `err`.
+//! Any client frame with an `id` is answered with that `id` (`ok`, `pong` or `err`); a frame
+//! without one is answered only when it fails.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::topic::{TopicError, TopicFilter, TopicName};
+
+/// Longest node name or kind, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// A frame sent by a client to the broker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ClientFrame {
+    /// Names the client. Optional; a named client gets a presence entry under `$SYS/nodes/<name>`.
+    Hello {
+        /// Unique among the clients online; one topic level.
+        name: String,
+        /// What the client is (`pin`, `clock`, `sub`...); free text, one topic level.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        /// Correlates the broker's answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Starts delivering messages whose topic matches `topic` (a filter).
+    Sub {
+        /// The filter.
+        topic: TopicFilter,
+        /// Correlates the broker's answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Stops a subscription made with the same filter string.
+    Unsub {
+        /// The filter, exactly as subscribed.
+        topic: TopicFilter,
+        /// Correlates the broker's answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Publishes a message.
+    Pub(Publish),
+    /// Asks for a `pong`; a liveness check at the application level.
+    Ping {
+        /// Correlates the broker's answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl ClientFrame {
+    /// The `id` the broker answers with, if the frame carries one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Self::Hello { id, .. }
+            | Self::Sub { id, .. }
+            | Self::Unsub { id, .. }
+            | Self::Ping { id } => *id,
+            Self::Pub(p) => p.id,
+        }
+    }
+}
+
+/// The body of a `pub` frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Publish {
+    /// Where to publish; no wildcards, no `$`.
+    pub topic: TopicName,
+    /// Any JSON value; `null` when absent.
+    pub data: Value,
+    /// Keep this as the topic's last value, replayed to later subscribers (`null` clears it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retain: bool,
+    /// Where responders should publish their answer (request/reply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<TopicName>,
+    /// Correlates the broker's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+/// A frame sent by the broker to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// A message delivered to a subscriber.
+    Msg(Message),
+    /// The frame with this `id` succeeded.
+    Ok {
+        /// The `id` of the client frame.
+        id: u64,
+    },
+    /// The answer to a `ping`.
+    Pong {
+        /// The `id` of the `ping`.
+        id: u64,
+    },
+    /// A client frame failed; the connection stays usable.
+    Err {
+        /// The `id` of the failed frame, when it had one and it could be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// A stable, machine-readable reason.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        message: String,
+    },
+}
+
+/// A delivered message, as a client decodes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The topic it was published on.
+    pub topic: TopicName,
+    /// The published value.
+    #[serde(default)]
+    pub data: Value,
+    /// The publisher's `hello` name, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Where to answer, for a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<TopicName>,
+    /// True only when replayed from the retained store at subscribe time.
+    #[serde(default)]
+    pub retained: bool,
+}
+
+/// A delivered message as the broker encodes it, borrowing from what it already holds.
+/// Serializes to exactly the same object as [`ServerFrame::Msg`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MsgRef<'a> {
+    /// Always `"msg"`.
+    pub op: &'static str,
+    /// See [`Message::topic`].
+    pub topic: &'a str,
+    /// See [`Message::data`].
+    pub data: &'a Value,
+    /// See [`Message::from`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
+    /// See [`Message::reply`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<&'a str>,
+    /// See [`Message::retained`].
+    pub retained: bool,
+}
+
+impl<'a> MsgRef<'a> {
+    /// A live (not retained) message.
+    pub fn new(topic: &'a str, data: &'a Value, from: Option<&'a str>, reply: Option<&'a str>) -> Self {
+        Self {
+            op: "msg",
+            topic,
+            data,
+            from,
+            reply,
+            retained: false,
+        }
+    }
+}
+
+/// Every reason the broker can refuse a frame. The wire form (`snake_case`) is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Not valid JSON / MessagePack, not an object, or a field missing or of the wrong type.
+    BadFrame,
+    /// An `op` the broker does not know.
+    UnknownOp,
+    /// A topic name that is not valid (syntax, length, depth).
+    BadTopic,
+    /// A `+` or `#` in a topic published to.
+    WildcardTopic,
+    /// A publish to a `$` topic, which belong to the broker.
+    ReservedTopic,
+    /// A subscription filter that is not valid.
+    BadFilter,
+    /// A frame larger than the broker's limit.
+    TooLarge,
+    /// More subscriptions than the broker allows one client.
+    TooManySubs,
+    /// A `hello` name or kind that is not valid.
+    BadName,
+    /// A `hello` name already used by a client that is online.
+    NameTaken,
+    /// A second `hello` on the same connection.
+    AlreadyNamed,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics and documentation.
+    pub const ALL: [ErrorCode; 11] = [
+        Self::BadFrame,
+        Self::UnknownOp,
+        Self::BadTopic,
+        Self::WildcardTopic,
+        Self::ReservedTopic,
+        Self::BadFilter,
+        Self::TooLarge,
+        Self::TooManySubs,
+        Self::BadName,
+        Self::NameTaken,
+        Self::AlreadyNamed,
+    ];
+
+    /// The wire form, such as `bad_topic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::UnknownOp => "unknown_op",
+            Self::BadTopic => "bad_topic",
+            Self::WildcardTopic => "wildcard_topic",
+            Self::ReservedTopic => "reserved_topic",
+            Self::BadFilter => "bad_filter",
+            Self::TooLarge => "too_large",
+            Self::TooManySubs => "too_many_subs",
+            Self::BadName => "bad_name",
+            Self::NameTaken => "name_taken",
+            Self::AlreadyNamed => "already_named",
+        }
+    }
+
+    /// The code for a topic name that failed validation.
+    pub fn for_topic(err: &TopicError) -> Self {
+        match err {
+            TopicError::WildcardInName => Self::WildcardTopic,
+            TopicError::Reserved => Self::ReservedTopic,
+            _ => Self::BadTopic,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client frame the broker refuses: what goes back in the `err` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FrameError {
+    /// The offending frame's `id`, when it could be read.
+    pub id: Option<u64>,
+    /// Why.
+    pub code: ErrorCode,
+    /// Details for a human.
+    pub message: String,
+}
+
+impl FrameError {
+    /// A refusal of the frame with `id`.
+    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `err` frame that tells the client.
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Err {
+            id: self.id,
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Checks a `hello` name or kind: one topic level, printable, at most [`MAX_NAME_BYTES`].
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "name is {} bytes long, the limit is {MAX_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name.starts_with('$') {
+        return Err("name may not start with '$'".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '/' | '+' | '#') || c.is_control() || c.is_whitespace())
+    {
+        return Err(format!("name may not contain {c:?}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! breadboard's wire protocol, with no I/O in it.
+//!
+//! Parts:
+//! - [`topic`]: [`TopicName`] (where a message is published) and [`TopicFilter`] (what a
+//!   subscriber asks for, with `+` and `#`), validated once at construction, and the matching rule.
+//! - [`frame`]: [`ClientFrame`] (client to broker) and [`ServerFrame`] (broker to client), one
+//!   object per frame tagged by `op`; [`ErrorCode`] names every error a client can get.
+//! - [`codec`]: the two encodings that carry those objects: JSON in WebSocket text frames (the
+//!   public contract, see `PROTOCOL.md`) and MessagePack with named fields in binary frames.
+//!
+//! ```text
+//!  bytes ──codec::decode_client──► ClientFrame ──(broker routes)──► MsgRef ──codec::encode_msg──► bytes
+//!                                   │ errors: FrameError { id, code, message }
+//! ```
+
+pub mod codec;
+pub mod frame;
+pub mod topic;
+
+pub use codec::{decode_client, decode_server, encode_client, encode_msg, encode_server, Encoding};
+pub use frame::{ClientFrame, ErrorCode, FrameError, Message, MsgRef, Publish, ServerFrame};
+pub use topic::{TopicError, TopicFilter, TopicName};
+
+/// Version of the wire protocol described in `PROTOCOL.md`. Advertised over DNS-SD so that a
+/// node can skip a broker that speaks another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest frame a broker accepts, in bytes (1 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The prefix of every topic the broker owns. Clients may subscribe to these, never publish.
+pub const SYS_PREFIX: &str = "$SYS";

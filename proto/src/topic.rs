@@ -1,0 +1,390 @@
+//! Topic names, topic filters and the rule that matches one against the other.
+//!
+//! A topic is a `/`-separated list of non-empty UTF-8 levels, such as `pin/pin-1/state`.
+//! A filter may use two wildcards, each standing for a whole level:
+//! - `+` matches exactly one level: `pin/+/state` matches `pin/pin-1/state`;
+//! - `#` matches any number of levels, itself included, and may only be the last level:
+//!   `pin/#` matches `pin/pin-1/state` and `pin` itself.
+//!
+//! Topics whose first level starts with `$` (such as `$SYS/nodes/pin-1`) belong to the broker:
+//! clients cannot publish to them, and a filter whose first level is a wildcard does not match
+//! them (as in MQTT), so `#` never floods a client with broker internals; `$SYS/#` must be asked
+//! for by name.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest topic name or filter, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 1024;
+/// Deepest topic name or filter, in levels.
+pub const MAX_TOPIC_LEVELS: usize = 32;
+
+/// Why a string is not a valid topic name or filter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The empty string.
+    #[error("topic is empty")]
+    Empty,
+    /// Longer than [`MAX_TOPIC_BYTES`].
+    #[error("topic is {0} bytes long, the limit is {MAX_TOPIC_BYTES}")]
+    TooLong(usize),
+    /// More levels than [`MAX_TOPIC_LEVELS`].
+    #[error("topic has {0} levels, the limit is {MAX_TOPIC_LEVELS}")]
+    TooDeep(usize),
+    /// Two slashes in a row, or a leading or trailing slash.
+    #[error("topic has an empty level (levels are separated by a single '/')")]
+    EmptyLevel,
+    /// A NUL character.
+    #[error("topic contains a NUL character")]
+    Nul,
+    /// `+` or `#` in a topic name (only filters may hold wildcards).
+    #[error("wildcards '+' and '#' are only allowed in subscription filters")]
+    WildcardInName,
+    /// A topic name starting with `$`: those belong to the broker.
+    #[error("topics starting with '$' are reserved for the broker")]
+    Reserved,
+    /// `+` or `#` mixed with other characters in one level, such as `a+` or `#b`.
+    #[error("a wildcard must be a whole level, as in 'a/+/c' or 'a/#'")]
+    PartialWildcard,
+    /// `#` somewhere other than the last level.
+    #[error("'#' may only be the last level of a filter")]
+    HashNotLast,
+}
+
+/// Checks what names and filters have in common: length, depth, no empty level, no NUL.
+fn check_common(s: &str) -> Result<(), TopicError> {
+    if s.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if s.len() > MAX_TOPIC_BYTES {
+        return Err(TopicError::TooLong(s.len()));
+    }
+    if s.contains('\0') {
+        return Err(TopicError::Nul);
+    }
+    let mut levels = 0;
+    for level in s.split('/') {
+        if level.is_empty() {
+            return Err(TopicError::EmptyLevel);
+        }
+        levels += 1;
+    }
+    if levels > MAX_TOPIC_LEVELS {
+        return Err(TopicError::TooDeep(levels));
+    }
+    Ok(())
+}
+
+/// A topic a message can be published to: no wildcards, not starting with `$` unless the broker
+/// made it (see [`TopicName::system`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicName(String);
+
+impl TopicName {
+    /// Validates a topic a client wants to publish to.
+    ///
+    /// # Errors
+    /// [`TopicError`] when the string is not a valid name, contains a wildcard or starts with `$`.
+    pub fn new(s: impl Into<String>) -> Result<Self, TopicError> {
+        let s = s.into();
+        Self::check_syntax(&s)?;
+        if s.starts_with('$') {
+            return Err(TopicError::Reserved);
+        }
+        Ok(Self(s))
+    }
+
+    /// Validates a topic the broker itself publishes to; it may start with `$`.
+    ///
+    /// # Errors
+    /// [`TopicError`] when the string is not a valid name or contains a wildcard.
+    pub fn system(s: impl Into<String>) -> Result<Self, TopicError> {
+        let s = s.into();
+        Self::check_syntax(&s)?;
+        Ok(Self(s))
+    }
+
+    fn check_syntax(s: &str) -> Result<(), TopicError> {
+        check_common(s)?;
+        if s.contains(['+', '#']) {
+            return Err(TopicError::WildcardInName);
+        }
+        Ok(())
+    }
+
+    /// The topic as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The levels, in order.
+    pub fn levels(&self) -> std::str::Split<'_, char> {
+        self.0.split('/')
+    }
+
+    /// Whether this topic belongs to the broker (starts with `$`).
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with('$')
+    }
+}
+
+/// A subscription pattern: a topic whose levels may be `+` or (last) `#`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicFilter(String);
+
+impl TopicFilter {
+    /// Validates a subscription filter.
+    ///
+    /// # Errors
+    /// [`TopicError`] when the string is not a valid filter.
+    pub fn new(s: impl Into<String>) -> Result<Self, TopicError> {
+        let s = s.into();
+        check_common(&s)?;
+        let mut levels = s.split('/').peekable();
+        while let Some(level) = levels.next() {
+            match level {
+                "+" => {}
+                "#" if levels.peek().is_some() => return Err(TopicError::HashNotLast),
+                "#" => {}
+                l if l.contains(['+', '#']) => return Err(TopicError::PartialWildcard),
+                _ => {}
+            }
+        }
+        Ok(Self(s))
+    }
+
+    /// The filter as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The levels, in order.
+    pub fn levels(&self) -> std::str::Split<'_, char> {
+        self.0.split('/')
+    }
+
+    /// Whether the filter holds `+` or `#`.
+    pub fn has_wildcards(&self) -> bool {
+        self.levels().any(|l| l == "+" || l == "#")
+    }
+
+    /// Whether a message published on `topic` is delivered to this filter.
+    ///
+    /// This is the reference rule; the broker's subscription index must agree with it.
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        let mut filter = self.levels();
+        let mut name = topic.levels();
+        let first = self.0.split('/').next().unwrap_or_default();
+        if topic.is_system() && (first == "+" || first == "#") {
+            return false;
+        }
+        loop {
+            match (filter.next(), name.next()) {
+                (Some("#"), _) => return true,
+                (Some("+"), Some(_)) => {}
+                (Some(f), Some(n)) if f == n => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for TopicName {
+    type Error = TopicError;
+    fn try_from(s: String) -> Result<Self, TopicError> {
+        Self::system(s)
+    }
+}
+
+impl TryFrom<String> for TopicFilter {
+    type Error = TopicError;
+    fn try_from(s: String) -> Result<Self, TopicError> {
+        Self::new(s)
+    }
+}
+
+impl From<TopicName> for String {
+    fn from(t: TopicName) -> String {
+        t.0
+    }
+}
+
+impl From<TopicFilter> for String {
+    fn from(t: TopicFilter) -> String {
+        t.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for TopicName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for TopicFilter {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn matches(filter: &str, topic: &str) -> bool {
+        TopicFilter::new(filter)
+            .unwrap()
+            .matches(&TopicName::system(topic).unwrap())
+    }
+
+    #[test]
+    fn matching_table() {
+        let cases = [
+            ("a/b/c", "a/b/c", true),
+            ("a/b/c", "a/b", false),
+            ("a/b", "a/b/c", false),
+            ("a/+/c", "a/b/c", true),
+            ("a/+/c", "a/b/d", false),
+            ("a/+", "a/b/c", false),
+            ("+", "a", true),
+            ("+", "a/b", false),
+            ("+/+", "a/b", true),
+            ("#", "a", true),
+            ("#", "a/b/c", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b", true),
+            ("a/#", "a/b/c", true),
+            ("a/#", "b", false),
+            ("a/+/#", "a", false),
+            ("a/+/#", "a/b", true),
+            ("a/+/#", "a/b/c/d", true),
+            ("pin/+/state", "pin/pin-1/state", true),
+            ("pin/+/state", "pin/pin-1/level", false),
+        ];
+        for (filter, topic, expected) in cases {
+            assert_eq!(matches(filter, topic), expected, "{filter} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn dollar_topics_need_an_explicit_first_level() {
+        assert!(!matches("#", "$SYS/nodes/pin-1"));
+        assert!(!matches("+/nodes/+", "$SYS/nodes/pin-1"));
+        assert!(matches("$SYS/#", "$SYS/nodes/pin-1"));
+        assert!(matches("$SYS/nodes/+", "$SYS/nodes/pin-1"));
+        assert!(matches("$SYS/+/pin-1", "$SYS/nodes/pin-1"));
+        assert!(!matches("$SYS/+", "$SYS/nodes/pin-1"));
+    }
+
+    #[test]
+    fn names_reject_wildcards_and_dollar() {
+        assert_eq!(TopicName::new("a/+/b"), Err(TopicError::WildcardInName));
+        assert_eq!(TopicName::new("a/#"), Err(TopicError::WildcardInName));
+        assert_eq!(TopicName::new("a/b+"), Err(TopicError::WildcardInName));
+        assert_eq!(TopicName::new("$SYS/x"), Err(TopicError::Reserved));
+        assert!(TopicName::system("$SYS/x").is_ok());
+    }
+
+    #[test]
+    fn names_reject_bad_syntax() {
+        assert_eq!(TopicName::new(""), Err(TopicError::Empty));
+        assert_eq!(TopicName::new("a//b"), Err(TopicError::EmptyLevel));
+        assert_eq!(TopicName::new("/a"), Err(TopicError::EmptyLevel));
+        assert_eq!(TopicName::new("a/"), Err(TopicError::EmptyLevel));
+        assert_eq!(TopicName::new("a\0b"), Err(TopicError::Nul));
+        let long = "x".repeat(MAX_TOPIC_BYTES + 1);
+        assert_eq!(
+            TopicName::new(long),
+            Err(TopicError::TooLong(MAX_TOPIC_BYTES + 1))
+        );
+        let deep = vec!["a"; MAX_TOPIC_LEVELS + 1].join("/");
+        assert_eq!(
+            TopicName::new(deep),
+            Err(TopicError::TooDeep(MAX_TOPIC_LEVELS + 1))
+        );
+        assert!(TopicName::new("héllo/wörld/😀").is_ok());
+    }
+
+    #[test]
+    fn filters_reject_misplaced_wildcards() {
+        assert_eq!(TopicFilter::new("a/#/b"), Err(TopicError::HashNotLast));
+        assert_eq!(TopicFilter::new("a/b#"), Err(TopicError::PartialWildcard));
+        assert_eq!(TopicFilter::new("a/+b"), Err(TopicError::PartialWildcard));
+        assert_eq!(TopicFilter::new("a//+"), Err(TopicError::EmptyLevel));
+        assert!(TopicFilter::new("+/+/#").is_ok());
+        assert!(TopicFilter::new("$SYS/#").is_ok());
+    }
+
+    /// The obviously-correct rule, written independently: level lists compared recursively.
+    fn naive(filter: &[&str], topic: &[&str], first: bool) -> bool {
+        match (filter.first(), topic.first()) {
+            (Some(&"#"), Some(t)) if first && t.starts_with('$') => false,
+            (Some(&"+"), Some(t)) if first && t.starts_with('$') => false,
+            (Some(&"#"), _) => true,
+            (Some(&"+"), Some(_)) => naive(&filter[1..], &topic[1..], false),
+            (Some(f), Some(t)) if f == t => naive(&filter[1..], &topic[1..], false),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "c", "$SYS", "$x"]).prop_map(String::from)
+    }
+
+    fn filter_level() -> impl Strategy<Value = String> {
+        prop_oneof![3 => level(), 1 => Just("+".to_string())]
+    }
+
+    proptest! {
+        #[test]
+        fn matcher_agrees_with_naive_reference(
+            topic in prop::collection::vec(level(), 1..6),
+            mut filter in prop::collection::vec(filter_level(), 1..6),
+            hash in any::<bool>(),
+        ) {
+            if hash {
+                *filter.last_mut().unwrap() = "#".to_string();
+            }
+            let t: Vec<&str> = topic.iter().map(String::as_str).collect();
+            let f: Vec<&str> = filter.iter().map(String::as_str).collect();
+            let expected = naive(&f, &t, true);
+            let name = TopicName::system(topic.join("/")).unwrap();
+            let filt = TopicFilter::new(filter.join("/")).unwrap();
+            prop_assert_eq!(filt.matches(&name), expected);
+        }
+
+        #[test]
+        fn validation_never_panics(s in "\\PC{0,40}") {
+            let _ = TopicName::new(s.clone());
+            let _ = TopicFilter::new(s);
+        }
+
+        #[test]
+        fn every_valid_name_is_a_filter_matching_itself(topic in prop::collection::vec("[a-z0-9_-]{1,5}", 1..8)) {
+            let s = topic.join("/");
+            let name = TopicName::new(s.clone()).unwrap();
+            let filt = TopicFilter::new(s).unwrap();
+            prop_assert!(filt.matches(&name));
+        }
+    }
+}
