@@ -1,1 +1,40 @@
-//! placeholder
+//! The breadboard broker: routes topic-addressed WebSocket frames between clients.
+//!
+//! Parts:
+//! - [`listener`]: the accept loop; tells WebSocket upgrades from plain HTTP on one port.
+//! - [`session`]: one task per client (reader) plus its writer; decodes frames with `proto`.
+//! - [`router`]: the subscription index ([`trie`]), retained values, names online (presence),
+//!   and each client's bounded [`Outbox`](router::Outbox).
+//! - [`http`]: the dashboard, `/metrics`, `/healthz`.
+//! - [`metrics`]: the counters behind `/metrics` and `$SYS/broker/stats`.
+//!
+//! ```text
+//!  TcpListener ─► listener ─┬─ HTTP GET ─► http (dashboard, /metrics, /healthz)
+//!                           └─ WebSocket ─► session ─► Router ─► Outbox of each subscriber
+//!                                                                 └─► writer ─► socket
+//! ```
+//!
+//! Start one with [`run`]; the caller binds the listener and owns the shutdown token.
+
+pub mod config;
+mod http;
+pub mod listener;
+pub mod metrics;
+pub mod router;
+mod session;
+pub mod trie;
+
+pub use config::Config;
+pub use listener::run;
+
+/// What can stop a broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listening socket failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The broker's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,41 @@
+//! What a broker can be told at start-up.
+
+use std::time::Duration;
+
+/// Broker settings. [`Config::default`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The broker's name: shown on the dashboard and advertised over DNS-SD.
+    pub name: String,
+    /// Largest client frame accepted, in bytes. A larger one gets a `too_large` error and the
+    /// connection stays; one over twice this closes the connection (code 1009).
+    pub max_frame_bytes: usize,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Frames a client's outgoing queue holds before it counts as a slow consumer.
+    pub outbox_frames: usize,
+    /// Bytes a client's outgoing queue holds before it counts as a slow consumer.
+    pub outbox_bytes: usize,
+    /// Size of each connection's read buffer (tungstenite allocates it up front, so it sets
+    /// most of the memory an idle connection costs).
+    pub read_buffer_bytes: usize,
+    /// How often the broker pings an idle client; one silent for twice this is dropped.
+    pub keepalive: Duration,
+    /// How often `$SYS/broker/stats` is published; `None` turns it off.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "breadboard".to_string(),
+            max_frame_bytes: proto::DEFAULT_MAX_FRAME_BYTES,
+            max_subscriptions: 10_000,
+            outbox_frames: 8192,
+            outbox_bytes: 16 << 20,
+            read_buffer_bytes: 8 * 1024,
+            keepalive: Duration::from_secs(30),
+            stats_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}

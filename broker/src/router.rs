@@ -1,0 +1,403 @@
+//! The router: who is subscribed to what, the retained values, the names online, and the
+//! delivery of a published message to every matching subscriber.
+//!
+//! Locking: the subscription index sits behind one `RwLock`. A publish holds it for reading
+//! while it updates the retained store and queues the message (`try_send`, never waiting on a
+//! peer); a subscribe holds it for writing while it inserts the filter and queues the retained
+//! replay. So a message published concurrently with a subscribe reaches that subscriber exactly
+//! once, and after its retained replay: either the publish ran first (the replay shows its value)
+//! or the subscription did (the live message follows the replay). Lock order: index, then
+//! retained.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use proto::{Encoding, MsgRef, TopicFilter, TopicName};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::trie::{Subscriber, Trie};
+
+/// Turns encoded bytes into the WebSocket message of that encoding.
+pub(crate) fn ws_message(bytes: Vec<u8>, enc: Encoding) -> WsMessage {
+    match enc {
+        Encoding::MsgPack => WsMessage::Binary(bytes.into()),
+        // The JSON encoder only writes UTF-8; the fallback keeps this free of panics.
+        Encoding::Json => match String::from_utf8(bytes) {
+            Ok(text) => WsMessage::Text(text.into()),
+            Err(e) => WsMessage::Binary(e.into_bytes().into()),
+        },
+    }
+}
+
+/// Milliseconds since the Unix epoch, for presence timestamps.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The sending side of one client's bounded outgoing queue, shared by everything that delivers
+/// to that client (its own session for replies, the router for messages).
+#[derive(Debug)]
+pub struct Outbox {
+    id: u64,
+    /// The encoding this client last used (an [`Encoding::index`]); replies and messages use it.
+    encoding: AtomicU8,
+    tx: mpsc::Sender<WsMessage>,
+    /// Bytes queued and not yet handed to the socket; bounds memory as well as frame count.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Cancelled when the client is cut off for not reading; its session watches it.
+    cut_off: CancellationToken,
+    /// Set once, so a slow consumer is counted once.
+    slow: AtomicBool,
+}
+
+impl Subscriber for Outbox {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Outbox {
+    /// A queue of at most `frames` frames and `max_bytes` bytes; returns the receiving end.
+    pub fn new(id: u64, frames: usize, max_bytes: usize) -> (Arc<Self>, mpsc::Receiver<WsMessage>) {
+        let (tx, rx) = mpsc::channel(frames.max(1));
+        let outbox = Self {
+            id,
+            encoding: AtomicU8::new(Encoding::Json.index() as u8),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            cut_off: CancellationToken::new(),
+            slow: AtomicBool::new(false),
+        };
+        (Arc::new(outbox), rx)
+    }
+
+    /// The encoding replies and messages use for this client.
+    pub fn encoding(&self) -> Encoding {
+        if self.encoding.load(Relaxed) == Encoding::MsgPack.index() as u8 {
+            Encoding::MsgPack
+        } else {
+            Encoding::Json
+        }
+    }
+
+    /// Records the encoding of the client's latest frame.
+    pub fn set_encoding(&self, enc: Encoding) {
+        self.encoding.store(enc.index() as u8, Relaxed);
+    }
+
+    /// A token cancelled when this client is cut off as a slow consumer.
+    pub fn cut_off(&self) -> &CancellationToken {
+        &self.cut_off
+    }
+
+    /// Whether this client was cut off as a slow consumer.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Relaxed)
+    }
+
+    /// Queues a frame without waiting. When the queue is full (in frames or bytes) the client
+    /// is not keeping up: it is cut off and counted, and the frame is dropped. Returns whether
+    /// the frame was queued.
+    pub fn push(&self, msg: WsMessage, metrics: &Metrics) -> bool {
+        let len = msg.len();
+        let before = self.queued_bytes.fetch_add(len, Relaxed);
+        if before + len > self.max_bytes && before > 0 {
+            self.queued_bytes.fetch_sub(len, Relaxed);
+            self.mark_slow(metrics);
+            return false;
+        }
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                metrics.bytes_out.fetch_add(len as u64, Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued_bytes.fetch_sub(len, Relaxed);
+                self.mark_slow(metrics);
+                false
+            }
+            // The session is ending; nothing to deliver to.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued_bytes.fetch_sub(len, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Called by the writer once frames of `len` bytes left the queue.
+    pub fn sent(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Relaxed);
+    }
+
+    fn mark_slow(&self, metrics: &Metrics) {
+        if !self.slow.swap(true, Relaxed) {
+            metrics.slow_consumers.fetch_add(1, Relaxed);
+            tracing::warn!(client = self.id, "slow consumer: outbox full, cutting it off");
+            self.cut_off.cancel();
+        }
+    }
+}
+
+/// A retained value and who published it.
+#[derive(Debug)]
+struct Retained {
+    data: Value,
+    from: Option<Arc<str>>,
+}
+
+/// Routing state shared by every session.
+#[derive(Debug, Default)]
+pub struct Router {
+    /// Filter → subscribers.
+    index: RwLock<Trie<Outbox>>,
+    /// Topic → last retained value; ordered so replays come in a stable order.
+    retained: Mutex<BTreeMap<TopicName, Retained>>,
+    /// `hello` names online → the id of the client holding each.
+    names: DashMap<String, u64>,
+    /// Counters, shared with the HTTP endpoints.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A message to route.
+#[derive(Debug, Clone, Copy)]
+pub struct Publication<'a> {
+    /// Where it was published.
+    pub topic: &'a TopicName,
+    /// Its value.
+    pub data: &'a Value,
+    /// The publisher's name, if it said hello.
+    pub from: Option<&'a str>,
+    /// Where to answer.
+    pub reply: Option<&'a str>,
+    /// Whether to keep it as the topic's retained value.
+    pub retain: bool,
+}
+
+impl Router {
+    /// Delivers `p` to every subscriber whose filters match its topic, once each, encoding
+    /// it at most once per encoding in use. Returns the number of deliveries.
+    pub fn publish(&self, p: Publication<'_>) -> usize {
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        if p.retain {
+            self.retain(p);
+        }
+        let msg = MsgRef::new(p.topic.as_str(), p.data, p.from, p.reply);
+        let mut frames: [Option<WsMessage>; 2] = [None, None];
+        let mut delivered = 0;
+        index.for_each_match(p.topic, |outbox| {
+            let enc = outbox.encoding();
+            let frame = frames[enc.index()]
+                .get_or_insert_with(|| ws_message(proto::encode_msg(&msg, enc), enc))
+                .clone();
+            if outbox.push(frame, &self.metrics) {
+                delivered += 1;
+            }
+        });
+        self.metrics.messages_out.fetch_add(delivered as u64, Relaxed);
+        delivered
+    }
+
+    fn retain(&self, p: Publication<'_>) {
+        let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
+        if p.data.is_null() {
+            retained.remove(p.topic);
+        } else {
+            retained.insert(
+                p.topic.clone(),
+                Retained {
+                    data: p.data.clone(),
+                    from: p.from.map(Arc::from),
+                },
+            );
+        }
+        self.metrics.retained.store(retained.len() as u64, Relaxed);
+    }
+
+    /// Subscribes `outbox` to `filter` and queues the matching retained values (flagged
+    /// `retained`). Returns false if the client already had this filter (the replay still
+    /// happens, as a fresh subscription would get it).
+    pub fn subscribe(&self, filter: &TopicFilter, outbox: &Arc<Outbox>) -> bool {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        let added = index.insert(filter, outbox.clone());
+        if added {
+            self.metrics.subscriptions.fetch_add(1, Relaxed);
+        }
+        let retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
+        let enc = outbox.encoding();
+        for (topic, value) in retained.iter().filter(|(t, _)| filter.matches(t)) {
+            let msg = MsgRef {
+                retained: true,
+                ..MsgRef::new(topic.as_str(), &value.data, value.from.as_deref(), None)
+            };
+            outbox.push(ws_message(proto::encode_msg(&msg, enc), enc), &self.metrics);
+        }
+        added
+    }
+
+    /// Removes one subscription. Returns false if the client did not hold it.
+    pub fn unsubscribe(&self, filter: &TopicFilter, id: u64) -> bool {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        let removed = index.remove(filter, id);
+        if removed {
+            self.metrics.subscriptions.fetch_sub(1, Relaxed);
+        }
+        removed
+    }
+
+    /// Removes every subscription of a client that is going away.
+    pub fn unsubscribe_all<'a>(&self, filters: impl IntoIterator<Item = &'a TopicFilter>, id: u64) {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        for filter in filters {
+            if index.remove(filter, id) {
+                self.metrics.subscriptions.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Claims `name` for client `id`. Returns false if another client online holds it.
+    pub fn claim_name(&self, name: &str, id: u64) -> bool {
+        match self.names.entry(name.to_string()) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(id);
+                true
+            }
+        }
+    }
+
+    /// Releases `name` if client `id` holds it.
+    pub fn release_name(&self, name: &str, id: u64) {
+        self.names.remove_if(name, |_, holder| *holder == id);
+    }
+
+    /// Publishes the retained presence of a named client on `$SYS/nodes/<name>`.
+    pub fn publish_presence(&self, name: &str, kind: &str, online: bool, peer: &str) {
+        let Ok(topic) = TopicName::system(format!("{}/nodes/{name}", proto::SYS_PREFIX)) else {
+            return;
+        };
+        let data = json!({ "kind": kind, "online": online, "since": unix_ms(), "addr": peer });
+        self.publish(Publication {
+            topic: &topic,
+            data: &data,
+            from: None,
+            reply: None,
+            retain: true,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(s: &str) -> TopicName {
+        TopicName::new(s).unwrap()
+    }
+
+    fn publish(router: &Router, t: &TopicName, data: Value, retain: bool) -> usize {
+        router.publish(Publication {
+            topic: t,
+            data: &data,
+            from: Some("p"),
+            reply: None,
+            retain,
+        })
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<WsMessage>) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(serde_json::from_slice(&m.into_data()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn retained_replay_then_live_and_clear() {
+        let router = Router::default();
+        let t = topic("pin/p/state");
+        publish(&router, &t, json!(1), true);
+        let (outbox, mut rx) = Outbox::new(1, 16, 1 << 20);
+        router.subscribe(&TopicFilter::new("pin/+/state").unwrap(), &outbox);
+        publish(&router, &t, json!(0), false);
+        let got = drain(&mut rx);
+        assert_eq!(got[0]["retained"], true);
+        assert_eq!(got[0]["data"], 1);
+        assert_eq!(got[1]["retained"], false);
+        assert_eq!(got[1]["data"], 0);
+        publish(&router, &t, Value::Null, true);
+        assert_eq!(router.metrics.retained.load(Relaxed), 0);
+        let (late, mut late_rx) = Outbox::new(2, 16, 1 << 20);
+        router.subscribe(&TopicFilter::new("#").unwrap(), &late);
+        assert!(drain(&mut late_rx).is_empty());
+    }
+
+    #[test]
+    fn one_encoding_per_subscriber() {
+        let router = Router::default();
+        let (json_box, mut json_rx) = Outbox::new(1, 16, 1 << 20);
+        let (mp_box, mut mp_rx) = Outbox::new(2, 16, 1 << 20);
+        mp_box.set_encoding(Encoding::MsgPack);
+        let f = TopicFilter::new("a").unwrap();
+        router.subscribe(&f, &json_box);
+        router.subscribe(&f, &mp_box);
+        assert_eq!(publish(&router, &topic("a"), json!({"x": 1}), false), 2);
+        assert!(matches!(json_rx.try_recv(), Ok(WsMessage::Text(_))));
+        let Ok(WsMessage::Binary(b)) = mp_rx.try_recv() else {
+            panic!("expected a binary frame");
+        };
+        let frame = proto::decode_server(&b, Encoding::MsgPack).unwrap();
+        assert!(matches!(frame, proto::ServerFrame::Msg(m) if m.data == json!({"x": 1})));
+    }
+
+    #[test]
+    fn full_outbox_cuts_off_once_and_spares_others() {
+        let router = Router::default();
+        let (slow, _slow_rx) = Outbox::new(1, 2, 1 << 20);
+        let (fast, mut fast_rx) = Outbox::new(2, 100, 1 << 20);
+        let f = TopicFilter::new("a").unwrap();
+        router.subscribe(&f, &slow);
+        router.subscribe(&f, &fast);
+        for i in 0..10 {
+            publish(&router, &topic("a"), json!(i), false);
+        }
+        assert!(slow.is_slow());
+        assert!(slow.cut_off().is_cancelled());
+        assert_eq!(router.metrics.slow_consumers.load(Relaxed), 1);
+        assert_eq!(drain(&mut fast_rx).len(), 10);
+    }
+
+    #[test]
+    fn byte_limit_bounds_the_queue() {
+        let router = Router::default();
+        let (outbox, _rx) = Outbox::new(1, 1000, 300);
+        router.subscribe(&TopicFilter::new("a").unwrap(), &outbox);
+        for _ in 0..10 {
+            publish(&router, &topic("a"), json!("x".repeat(100)), false);
+        }
+        assert!(outbox.is_slow());
+    }
+
+    #[test]
+    fn names_are_exclusive_until_released() {
+        let router = Router::default();
+        assert!(router.claim_name("pin-1", 1));
+        assert!(!router.claim_name("pin-1", 2));
+        router.release_name("pin-1", 2);
+        assert!(!router.claim_name("pin-1", 2));
+        router.release_name("pin-1", 1);
+        assert!(router.claim_name("pin-1", 2));
+    }
+}

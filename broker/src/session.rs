@@ -1,0 +1,343 @@
+//! One client connection: a reader loop (this task) that decodes frames and acts on them, and a
+//! writer task that drains the client's [`Outbox`] into the socket, many frames per flush.
+//!
+//! ```text
+//!  socket ─► reader ─► proto::decode_client ─► Router (publish / subscribe / presence)
+//!                 │                                  │ try_send, never waits
+//!                 └──── ok / err / pong ──► Outbox ◄─┘
+//!                                             │ bounded (frames and bytes)
+//!  socket ◄── feed, feed, ..., flush ◄── writer
+//! ```
+//!
+//! The session ends when the client closes, the connection fails, the keepalive goes
+//! unanswered, the client is cut off as a slow consumer, or the broker shuts down. In every case
+//! its subscriptions go, its name is released and its presence turns offline (a last will).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use proto::{ClientFrame, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::router::{ws_message, Outbox, Publication, Router};
+
+/// At most this many frames are fed to the socket before a flush.
+const WRITE_BATCH: usize = 256;
+/// How long the writer may take to deliver the last frames and the close frame.
+const CLOSE_GRACE: Duration = Duration::from_millis(1000);
+
+/// Why a session ended, and the close frame to send (none when the peer is already gone).
+struct Ending {
+    close: Option<CloseFrame>,
+    reason: &'static str,
+}
+
+impl Ending {
+    fn close(code: CloseCode, reason: &'static str) -> Self {
+        Self {
+            close: Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }),
+            reason,
+        }
+    }
+
+    fn gone(reason: &'static str) -> Self {
+        Self {
+            close: None,
+            reason,
+        }
+    }
+}
+
+/// A connected client.
+struct Session {
+    id: u64,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    config: Arc<Config>,
+    outbox: Arc<Outbox>,
+    /// Filters this client holds, to answer `unsub` and to clean up at the end.
+    filters: HashSet<TopicFilter>,
+    /// `hello` name and kind, once given.
+    name: Option<(String, String)>,
+}
+
+/// Serves one WebSocket client until it goes away or `shutdown` is cancelled.
+pub(crate) async fn serve<S>(
+    ws: WebSocketStream<S>,
+    id: u64,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (outbox, outbox_rx) = Outbox::new(id, config.outbox_frames, config.outbox_bytes);
+    let (sink, stream) = ws.split();
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(sink, outbox_rx, outbox.clone(), close_rx));
+    let metrics = router.metrics.clone();
+    metrics.connections.fetch_add(1, Relaxed);
+    metrics.connections_total.fetch_add(1, Relaxed);
+    tracing::debug!(client = id, %peer, "connected");
+
+    let mut session = Session {
+        id,
+        peer,
+        router,
+        config,
+        outbox,
+        filters: HashSet::new(),
+        name: None,
+    };
+    let ending = session.read_loop(stream, &shutdown).await;
+    tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
+    session.cleanup();
+
+    // Let the writer deliver what is queued and the close frame, but never wait long on a peer
+    // that does not read.
+    let _ = close_tx.send(ending.close);
+    let abort = writer.abort_handle();
+    if timeout(CLOSE_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
+    metrics.connections.fetch_sub(1, Relaxed);
+}
+
+impl Session {
+    async fn read_loop<S>(&mut self, mut stream: SplitStream<WebSocketStream<S>>, shutdown: &CancellationToken) -> Ending
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let keepalive = self.config.keepalive;
+        let mut ping = interval(keepalive);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.reset();
+        let mut last_seen = Instant::now();
+        let cut_off = self.outbox.cut_off().clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    return Ending::close(CloseCode::Away, "broker shutting down");
+                }
+                _ = cut_off.cancelled() => {
+                    return Ending::close(CloseCode::Policy, "slow consumer: outgoing queue full");
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > keepalive * 2 {
+                        return Ending::close(CloseCode::Away, "keepalive timeout");
+                    }
+                    self.outbox.push(WsMessage::Ping(Default::default()), &self.router.metrics);
+                }
+                frame = stream.next() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            self.on_frame(text.as_bytes(), Encoding::Json);
+                        }
+                        Some(Ok(WsMessage::Binary(bytes))) => self.on_frame(&bytes, Encoding::MsgPack),
+                        Some(Ok(WsMessage::Close(_))) | None => return Ending::gone("closed by client"),
+                        // Pings are answered by tungstenite; pongs only prove liveness.
+                        Some(Ok(_)) => {}
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
+                        | Some(Err(WsError::Capacity(_))) => {
+                            self.router.metrics.error(ErrorCode::TooLarge);
+                            return Ending::close(CloseCode::Size, "frame far over the size limit");
+                        }
+                        Some(Err(WsError::Utf8(_))) => {
+                            return Ending::close(CloseCode::Invalid, "text frame is not UTF-8");
+                        }
+                        Some(Err(WsError::Protocol(_))) => {
+                            return Ending::close(CloseCode::Protocol, "WebSocket protocol error");
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(client = self.id, error = %e, "connection error");
+                            return Ending::gone("connection error");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one client frame; every failure becomes an `err` frame and the session goes on.
+    fn on_frame(&mut self, bytes: &[u8], enc: Encoding) {
+        let metrics = &self.router.metrics;
+        metrics.frames_in.fetch_add(1, Relaxed);
+        metrics.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+        self.outbox.set_encoding(enc);
+        if bytes.len() > self.config.max_frame_bytes {
+            let err = FrameError::new(
+                None,
+                ErrorCode::TooLarge,
+                format!(
+                    "frame of {} bytes is over the limit of {} bytes",
+                    bytes.len(),
+                    self.config.max_frame_bytes
+                ),
+            );
+            return self.reply_err(&err);
+        }
+        let result = proto::decode_client(bytes, enc).and_then(|frame| self.apply(frame));
+        match result {
+            Ok(Some(answer)) => self.reply(&answer),
+            Ok(None) => {}
+            Err(err) => self.reply_err(&err),
+        }
+    }
+
+    /// Carries out a valid frame; returns the answer to send, if any.
+    fn apply(&mut self, frame: ClientFrame) -> Result<Option<ServerFrame>, FrameError> {
+        let id = frame.id();
+        let ok = id.map(|id| ServerFrame::Ok { id });
+        match frame {
+            ClientFrame::Pub(p) => {
+                self.router.metrics.messages_in.fetch_add(1, Relaxed);
+                self.router.publish(Publication {
+                    topic: &p.topic,
+                    data: &p.data,
+                    from: self.name.as_ref().map(|(n, _)| n.as_str()),
+                    reply: p.reply.as_ref().map(|r| r.as_str()),
+                    retain: p.retain,
+                });
+                Ok(ok)
+            }
+            ClientFrame::Sub { topic, .. } => {
+                if !self.filters.contains(&topic) && self.filters.len() >= self.config.max_subscriptions {
+                    return Err(FrameError::new(
+                        id,
+                        ErrorCode::TooManySubs,
+                        format!(
+                            "this connection already holds {} subscriptions, the limit",
+                            self.config.max_subscriptions
+                        ),
+                    ));
+                }
+                self.router.subscribe(&topic, &self.outbox);
+                self.filters.insert(topic);
+                Ok(ok)
+            }
+            ClientFrame::Unsub { topic, .. } => {
+                if self.filters.remove(&topic) {
+                    self.router.unsubscribe(&topic, self.id);
+                }
+                Ok(ok)
+            }
+            ClientFrame::Hello { name, kind, .. } => {
+                if let Some((current, _)) = &self.name {
+                    return Err(FrameError::new(
+                        id,
+                        ErrorCode::AlreadyNamed,
+                        format!("this connection is already named {current:?}"),
+                    ));
+                }
+                if !self.router.claim_name(&name, self.id) {
+                    return Err(FrameError::new(
+                        id,
+                        ErrorCode::NameTaken,
+                        format!("a client named {name:?} is already online"),
+                    ));
+                }
+                let kind = kind.unwrap_or_else(|| "client".to_string());
+                self.router
+                    .publish_presence(&name, &kind, true, &self.peer.to_string());
+                tracing::info!(client = self.id, %name, %kind, peer = %self.peer, "hello");
+                self.name = Some((name, kind));
+                Ok(ok)
+            }
+            ClientFrame::Ping { id } => Ok(id.map(|id| ServerFrame::Pong { id })),
+        }
+    }
+
+    fn reply(&self, frame: &ServerFrame) {
+        let enc = self.outbox.encoding();
+        self.outbox
+            .push(ws_message(proto::encode_server(frame, enc), enc), &self.router.metrics);
+    }
+
+    fn reply_err(&self, err: &FrameError) {
+        tracing::debug!(client = self.id, code = %err.code, message = %err.message, "refused a frame");
+        self.router.metrics.error(err.code);
+        self.reply(&err.to_frame());
+    }
+
+    /// Drops everything the client held; turns its presence offline.
+    fn cleanup(&mut self) {
+        self.router.unsubscribe_all(self.filters.iter(), self.id);
+        self.filters.clear();
+        if let Some((name, kind)) = self.name.take() {
+            self.router.release_name(&name, self.id);
+            self.router
+                .publish_presence(&name, &kind, false, &self.peer.to_string());
+        }
+    }
+}
+
+/// Drains the outbox into the socket: waits for one frame, feeds every frame already queued
+/// (up to [`WRITE_BATCH`]), then flushes once. On the close signal it delivers what is still
+/// queued and the close frame.
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
+    mut rx: mpsc::Receiver<WsMessage>,
+    outbox: Arc<Outbox>,
+    mut close_rx: oneshot::Receiver<Option<CloseFrame>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        tokio::select! {
+            close = &mut close_rx => {
+                // A slow consumer gets no backlog: it is cut off precisely for not reading it.
+                if !outbox.is_slow() {
+                    while let Ok(msg) = rx.try_recv() {
+                        let len = msg.len();
+                        if sink.feed(msg).await.is_err() {
+                            return;
+                        }
+                        outbox.sent(len);
+                    }
+                }
+                let _ = match close.ok().flatten() {
+                    Some(frame) => sink.send(WsMessage::Close(Some(frame))).await,
+                    None => sink.close().await,
+                };
+                return;
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { return };
+                let mut len = msg.len();
+                if sink.feed(msg).await.is_err() {
+                    return;
+                }
+                for _ in 1..WRITE_BATCH {
+                    let Ok(msg) = rx.try_recv() else { break };
+                    len += msg.len();
+                    if sink.feed(msg).await.is_err() {
+                        return;
+                    }
+                }
+                outbox.sent(len);
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `breadboard broker`: binds the port, prints the address, runs until Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Flags of `breadboard broker`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on (host or IP). `0.0.0.0` serves the whole LAN.
+    #[arg(short = 's', long = "socket", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (printed at start-up).
+    #[arg(short, long, default_value_t = 8765)]
+    pub port: u16,
+    /// The broker's name (dashboard, DNS-SD). Default: the host name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Largest frame accepted, in bytes; a frame over twice this closes the connection.
+    #[arg(long, default_value_t = proto::DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Most subscriptions one connection may hold.
+    #[arg(long, default_value_t = broker::Config::default().max_subscriptions)]
+    pub max_subscriptions: usize,
+    /// Frames a client may have queued before it is cut off as a slow consumer.
+    #[arg(long, default_value_t = broker::Config::default().outbox_frames)]
+    pub outbox_frames: usize,
+    /// Bytes a client may have queued before it is cut off as a slow consumer.
+    #[arg(long, default_value_t = broker::Config::default().outbox_bytes)]
+    pub outbox_bytes: usize,
+    /// Seconds between keepalive pings to a client; silent for twice this, it is dropped.
+    #[arg(long, default_value_t = 30.0)]
+    pub keepalive: f64,
+    /// Seconds between publications of `$SYS/broker/stats`; 0 turns them off.
+    #[arg(long, default_value_t = 10.0)]
+    pub stats_interval: f64,
+    /// Do not advertise over mDNS/DNS-SD (no mDNS daemon is created at all).
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+/// The machine's host name, the broker's default name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "breadboard".to_string())
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} {value} is not a duration in seconds"))
+}
+
+/// Runs the broker until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// When the address cannot be bound or a flag is invalid.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let keepalive = seconds("keepalive", args.keepalive)?;
+    anyhow::ensure!(!keepalive.is_zero(), "--keepalive must be more than 0");
+    let stats = seconds("stats-interval", args.stats_interval)?;
+    let config = broker::Config {
+        name: args.name.unwrap_or_else(host_name),
+        max_frame_bytes: args.max_frame_bytes,
+        max_subscriptions: args.max_subscriptions,
+        outbox_frames: args.outbox_frames,
+        outbox_bytes: args.outbox_bytes,
+        keepalive,
+        stats_interval: (!stats.is_zero()).then_some(stats),
+        ..broker::Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read this line to find the port.
+    println!("listening on ws://{addr}");
+    std::io::stdout().flush()?;
+    let shutdown = super::shutdown_on_signal();
+    broker::run(listener, config, shutdown).await?;
+    Ok(())
+}

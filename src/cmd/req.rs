@@ -1,0 +1,9 @@
+//! Not built yet.
+
+/// Flags.
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("not implemented yet")
+}
