@@ -1,1 +1,3 @@
-mod placeholder {}
+//! End-to-end tests: the real `breadboard` binary, real sockets, real clients.
+
+mod common;

@@ -21,24 +21,28 @@ pub(crate) async fn respond<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     router.metrics.http_requests.fetch_add(1, Relaxed);
     let path = path.split('?').next().unwrap_or_default();
-    let (status, content_type, body): (&str, &str, std::borrow::Cow<'_, str>) =
-        match (method, path) {
-            ("GET" | "HEAD", "/" | "/index.html") => {
-                ("200 OK", "text/html; charset=utf-8", DASHBOARD.into())
-            }
-            ("GET" | "HEAD", "/metrics") => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                router.metrics.render_prometheus().into(),
-            ),
-            ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".into()),
-            ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".into()),
-            _ => (
-                "405 Method Not Allowed",
-                "text/plain; charset=utf-8",
-                "only GET, or a WebSocket upgrade\n".into(),
-            ),
-        };
+    let (status, content_type, body): (&str, &str, std::borrow::Cow<'_, str>) = match (method, path)
+    {
+        ("GET" | "HEAD", "/" | "/index.html") => {
+            ("200 OK", "text/html; charset=utf-8", DASHBOARD.into())
+        }
+        ("GET" | "HEAD", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            router.metrics.render_prometheus().into(),
+        ),
+        ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".into()),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET, or a WebSocket upgrade\n".into(),
+        ),
+    };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()

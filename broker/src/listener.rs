@@ -110,7 +110,11 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
                         .map(|h| h.value)
                 };
                 let upgrade = header("upgrade")
-                    .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase().contains("websocket"))
+                    .map(|v| {
+                        String::from_utf8_lossy(v)
+                            .to_ascii_lowercase()
+                            .contains("websocket")
+                    })
                     .unwrap_or(false);
                 let version_ok = header("sec-websocket-version") == Some(b"13");
                 let websocket_key = header("sec-websocket-key")
@@ -148,7 +152,9 @@ async fn connection(
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => {
             let _ = stream
-                .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                )
                 .await;
             return;
         }
@@ -174,7 +180,13 @@ async fn connection(
                 .read_buffer_size(config.read_buffer_bytes)
                 .max_message_size(Some(config.max_frame_bytes.saturating_mul(2)))
                 .max_frame_size(Some(config.max_frame_bytes.saturating_mul(2)));
-            let ws = WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(ws_config)).await;
+            let ws = WebSocketStream::from_partially_read(
+                stream,
+                head.rest,
+                Role::Server,
+                Some(ws_config),
+            )
+            .await;
             session::serve(ws, id, peer, router, config, shutdown).await;
         }
         (None, true) => {

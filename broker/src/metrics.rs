@@ -58,17 +58,72 @@ impl Metrics {
     fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 11] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
-            ("connections", "gauge", "WebSocket connections open now", g(&self.connections)),
-            ("connections_total", "counter", "WebSocket connections accepted", g(&self.connections_total)),
-            ("subscriptions", "gauge", "Subscriptions held now", g(&self.subscriptions)),
-            ("frames_in_total", "counter", "Client frames received", g(&self.frames_in)),
-            ("messages_in_total", "counter", "Messages published by clients", g(&self.messages_in)),
-            ("messages_out_total", "counter", "Messages queued to subscribers", g(&self.messages_out)),
-            ("bytes_in_total", "counter", "Bytes of client frames received", g(&self.bytes_in)),
-            ("bytes_out_total", "counter", "Bytes of frames queued to clients", g(&self.bytes_out)),
-            ("retained_topics", "gauge", "Retained topics held now", g(&self.retained)),
-            ("slow_consumer_disconnects_total", "counter", "Clients cut off for not reading", g(&self.slow_consumers)),
-            ("http_requests_total", "counter", "HTTP requests served", g(&self.http_requests)),
+            (
+                "connections",
+                "gauge",
+                "WebSocket connections open now",
+                g(&self.connections),
+            ),
+            (
+                "connections_total",
+                "counter",
+                "WebSocket connections accepted",
+                g(&self.connections_total),
+            ),
+            (
+                "subscriptions",
+                "gauge",
+                "Subscriptions held now",
+                g(&self.subscriptions),
+            ),
+            (
+                "frames_in_total",
+                "counter",
+                "Client frames received",
+                g(&self.frames_in),
+            ),
+            (
+                "messages_in_total",
+                "counter",
+                "Messages published by clients",
+                g(&self.messages_in),
+            ),
+            (
+                "messages_out_total",
+                "counter",
+                "Messages queued to subscribers",
+                g(&self.messages_out),
+            ),
+            (
+                "bytes_in_total",
+                "counter",
+                "Bytes of client frames received",
+                g(&self.bytes_in),
+            ),
+            (
+                "bytes_out_total",
+                "counter",
+                "Bytes of frames queued to clients",
+                g(&self.bytes_out),
+            ),
+            (
+                "retained_topics",
+                "gauge",
+                "Retained topics held now",
+                g(&self.retained),
+            ),
+            (
+                "slow_consumer_disconnects_total",
+                "counter",
+                "Clients cut off for not reading",
+                g(&self.slow_consumers),
+            ),
+            (
+                "http_requests_total",
+                "counter",
+                "HTTP requests served",
+                g(&self.http_requests),
+            ),
         ]
     }
 

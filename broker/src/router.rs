@@ -144,7 +144,10 @@ impl Outbox {
     fn mark_slow(&self, metrics: &Metrics) {
         if !self.slow.swap(true, Relaxed) {
             metrics.slow_consumers.fetch_add(1, Relaxed);
-            tracing::warn!(client = self.id, "slow consumer: outbox full, cutting it off");
+            tracing::warn!(
+                client = self.id,
+                "slow consumer: outbox full, cutting it off"
+            );
             self.cut_off.cancel();
         }
     }
@@ -205,7 +208,9 @@ impl Router {
                 delivered += 1;
             }
         });
-        self.metrics.messages_out.fetch_add(delivered as u64, Relaxed);
+        self.metrics
+            .messages_out
+            .fetch_add(delivered as u64, Relaxed);
         delivered
     }
 

@@ -122,7 +122,11 @@ pub(crate) async fn serve<S>(
 }
 
 impl Session {
-    async fn read_loop<S>(&mut self, mut stream: SplitStream<WebSocketStream<S>>, shutdown: &CancellationToken) -> Ending
+    async fn read_loop<S>(
+        &mut self,
+        mut stream: SplitStream<WebSocketStream<S>>,
+        shutdown: &CancellationToken,
+    ) -> Ending
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -220,7 +224,9 @@ impl Session {
                 Ok(ok)
             }
             ClientFrame::Sub { topic, .. } => {
-                if !self.filters.contains(&topic) && self.filters.len() >= self.config.max_subscriptions {
+                if !self.filters.contains(&topic)
+                    && self.filters.len() >= self.config.max_subscriptions
+                {
                     return Err(FrameError::new(
                         id,
                         ErrorCode::TooManySubs,
@@ -268,8 +274,10 @@ impl Session {
 
     fn reply(&self, frame: &ServerFrame) {
         let enc = self.outbox.encoding();
-        self.outbox
-            .push(ws_message(proto::encode_server(frame, enc), enc), &self.router.metrics);
+        self.outbox.push(
+            ws_message(proto::encode_server(frame, enc), enc),
+            &self.router.metrics,
+        );
     }
 
     fn reply_err(&self, err: &FrameError) {

@@ -110,7 +110,11 @@ pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameEr
         )
     };
     let Some(op) = env.op else {
-        return Err(FrameError::new(id, ErrorCode::BadFrame, "missing field 'op'"));
+        return Err(FrameError::new(
+            id,
+            ErrorCode::BadFrame,
+            "missing field 'op'",
+        ));
     };
     match op.as_ref() {
         "pub" => {
@@ -118,11 +122,9 @@ pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameEr
             let topic = TopicName::new(topic).map_err(|e| {
                 FrameError::new(id, ErrorCode::for_topic(&e), format!("topic: {e}"))
             })?;
-            let reply = env
-                .reply
-                .map(TopicName::new)
-                .transpose()
-                .map_err(|e| FrameError::new(id, ErrorCode::for_topic(&e), format!("reply: {e}")))?;
+            let reply = env.reply.map(TopicName::new).transpose().map_err(|e| {
+                FrameError::new(id, ErrorCode::for_topic(&e), format!("reply: {e}"))
+            })?;
             Ok(ClientFrame::Pub(Publish {
                 topic,
                 data: env.data.unwrap_or(Value::Null),
@@ -253,8 +255,14 @@ mod tests {
         assert_eq!(code("{not json"), (None, ErrorCode::BadFrame));
         assert_eq!(code("[1,2]"), (None, ErrorCode::BadFrame));
         assert_eq!(code(r#"{"id":5}"#), (Some(5), ErrorCode::BadFrame));
-        assert_eq!(code(r#"{"op":"jump","id":6}"#), (Some(6), ErrorCode::UnknownOp));
-        assert_eq!(code(r#"{"op":"pub","id":7}"#), (Some(7), ErrorCode::BadFrame));
+        assert_eq!(
+            code(r#"{"op":"jump","id":6}"#),
+            (Some(6), ErrorCode::UnknownOp)
+        );
+        assert_eq!(
+            code(r#"{"op":"pub","id":7}"#),
+            (Some(7), ErrorCode::BadFrame)
+        );
         assert_eq!(
             code(r#"{"op":"pub","topic":"a//b","id":8}"#),
             (Some(8), ErrorCode::BadTopic)
@@ -284,7 +292,10 @@ mod tests {
             code(r#"{"op":"pub","topic":"a","retain":"yes","id":14}"#),
             (Some(14), ErrorCode::BadFrame)
         );
-        assert_eq!(code(r#"{"op":"pub","topic":7}"#), (None, ErrorCode::BadFrame));
+        assert_eq!(
+            code(r#"{"op":"pub","topic":7}"#),
+            (None, ErrorCode::BadFrame)
+        );
     }
 
     #[test]
@@ -364,36 +375,59 @@ mod tests {
     fn client_frame() -> impl Strategy<Value = ClientFrame> {
         let id = prop::option::of(any::<u64>());
         prop_oneof![
-            ("[a-z][a-z0-9-]{0,10}", prop::option::of("[a-z]{1,8}"), id.clone())
+            (
+                "[a-z][a-z0-9-]{0,10}",
+                prop::option::of("[a-z]{1,8}"),
+                id.clone()
+            )
                 .prop_map(|(name, kind, id)| ClientFrame::Hello { name, kind, id }),
             (filter(), id.clone()).prop_map(|(topic, id)| ClientFrame::Sub { topic, id }),
             (filter(), id.clone()).prop_map(|(topic, id)| ClientFrame::Unsub { topic, id }),
-            (topic(), data(), any::<bool>(), prop::option::of(topic()), id.clone()).prop_map(
-                |(topic, data, retain, reply, id)| ClientFrame::Pub(Publish {
-                    topic,
-                    data,
-                    retain,
-                    reply,
-                    id
-                })
-            ),
+            (
+                topic(),
+                data(),
+                any::<bool>(),
+                prop::option::of(topic()),
+                id.clone()
+            )
+                .prop_map(|(topic, data, retain, reply, id)| ClientFrame::Pub(
+                    Publish {
+                        topic,
+                        data,
+                        retain,
+                        reply,
+                        id
+                    }
+                )),
             id.prop_map(|id| ClientFrame::Ping { id }),
         ]
     }
 
     fn server_frame() -> impl Strategy<Value = ServerFrame> {
         prop_oneof![
-            (topic(), data(), prop::option::of("[a-z0-9-]{1,8}"), prop::option::of(topic()), any::<bool>())
-                .prop_map(|(topic, data, from, reply, retained)| ServerFrame::Msg(Message {
-                    topic,
-                    data,
-                    from,
-                    reply,
-                    retained
-                })),
+            (
+                topic(),
+                data(),
+                prop::option::of("[a-z0-9-]{1,8}"),
+                prop::option::of(topic()),
+                any::<bool>()
+            )
+                .prop_map(|(topic, data, from, reply, retained)| ServerFrame::Msg(
+                    Message {
+                        topic,
+                        data,
+                        from,
+                        reply,
+                        retained
+                    }
+                )),
             any::<u64>().prop_map(|id| ServerFrame::Ok { id }),
             any::<u64>().prop_map(|id| ServerFrame::Pong { id }),
-            (prop::option::of(any::<u64>()), prop::sample::select(ErrorCode::ALL.to_vec()), "\\PC{0,20}")
+            (
+                prop::option::of(any::<u64>()),
+                prop::sample::select(ErrorCode::ALL.to_vec()),
+                "\\PC{0,20}"
+            )
                 .prop_map(|(id, code, message)| ServerFrame::Err { id, code, message }),
         ]
     }

@@ -156,7 +156,12 @@ pub struct MsgRef<'a> {
 
 impl<'a> MsgRef<'a> {
     /// A live (not retained) message.
-    pub fn new(topic: &'a str, data: &'a Value, from: Option<&'a str>, reply: Option<&'a str>) -> Self {
+    pub fn new(
+        topic: &'a str,
+        data: &'a Value,
+        from: Option<&'a str>,
+        reply: Option<&'a str>,
+    ) -> Self {
         Self {
             op: "msg",
             topic,

@@ -50,7 +50,8 @@ pub fn host_name() -> String {
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} {value} is not a duration in seconds"))
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{name} {value} is not a duration in seconds"))
 }
 
 /// Runs the broker until Ctrl-C or SIGTERM.
