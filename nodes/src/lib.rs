@@ -1,1 +1,40 @@
-//! placeholder
+//! breadboard's nodes: the API to write one, the runtime that runs one, and the built-in kinds.
+//!
+//! Parts:
+//! - [`client`]: an async WebSocket client of the broker ([`Client`]): hello, subscribe,
+//!   publish awaiting the broker's `ok`, delivered [`Messages`], ping, and NATS-style
+//!   request/reply over one wildcard inbox. The CLI tools use it too.
+//! - [`node`]: the [`Node`] trait, Arduino-style (`setup` once, `on_message` per message,
+//!   `on_timer` per period), and the [`Context`] its hooks act through.
+//! - [`runtime`]: runs a node against a broker ([`runtime::run`], [`runtime::spawn`]):
+//!   connects speaking MessagePack, says `hello`, reconnects with capped exponential backoff,
+//!   restores subscriptions; the broker's address comes from a replaceable
+//!   [`runtime::BrokerSource`].
+//! - [`kinds`]: the built-in kinds (clock, pin, buzzer), registered by name for the CLI.
+//! - [`backoff`]: the reconnection delays.
+//!
+//! ```text
+//!  your Node ──hooks──► Context ──► Client ══ WebSocket (MessagePack) ══► broker
+//!      ▲                                │
+//!      └──── runtime: messages, timer ◄─┘   (reconnects, re-subscribes, never re-runs setup)
+//! ```
+//!
+//! Data shapes of the built-in circuit (all plain JSON values):
+//! `clock/tick` carries the tick number (`0`), a pin replies with its bits (`[1, 0, 1]`),
+//! `pin/<name>/state` holds the level (`0` or `1`, retained), and `buzzer/<name>/buzz` carries
+//! the name of the pin that went high (`"pin-1"`).
+
+pub mod backoff;
+pub mod client;
+mod error;
+pub mod kinds;
+pub mod node;
+pub mod runtime;
+
+pub use client::{Client, ConnectOptions, IntoTopicFilter, IntoTopicName, Messages, Replies};
+pub use error::{Error, Result};
+pub use node::{AnyNode, BoxError, Context, HookResult, Node, Output};
+pub use proto::{Encoding, ErrorCode, Message, TopicFilter, TopicName};
+
+/// The broker address a node uses when none is given.
+pub const DEFAULT_BROKER: &str = "ws://127.0.0.1:8765";

@@ -1,9 +1,129 @@
-//! Not built yet.
+//! `breadboard node <kind> [--broker URL] [--name N] [kind flags]`: runs one built-in node
+//! (see `nodes::kinds`) until it stops by itself (a clock with `--tacks`), or Ctrl-C / SIGTERM.
+//!
+//! Each registered kind becomes a subcommand with the common flags plus its own, so that
+//! `breadboard node --help` lists the kinds and `breadboard node pin --help` the pin's flags.
 
-/// Flags.
-#[derive(clap::Args)]
-pub struct Args {}
+use std::time::Duration;
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use clap::error::ErrorKind;
+use clap::{ArgMatches, Args as _, Command, FromArgMatches};
+use nodes::kinds::{self, Kind};
+use nodes::runtime::{self, BrokerSource, Config};
+
+/// Flags of `breadboard node`: the kind (a subcommand) and its flags, parsed by the kind.
+#[derive(Debug)]
+pub struct Args {
+    kind: &'static Kind,
+    matches: ArgMatches,
+}
+
+impl FromArgMatches for Args {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let (name, sub) = matches.subcommand().ok_or_else(|| {
+            clap::Error::raw(ErrorKind::MissingSubcommand, "which kind of node?\n")
+        })?;
+        let kind = kinds::find(name).ok_or_else(|| {
+            clap::Error::raw(
+                ErrorKind::InvalidSubcommand,
+                format!("unknown kind {name:?}\n"),
+            )
+        })?;
+        Ok(Self {
+            kind,
+            matches: sub.clone(),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for Args {
+    fn augment_args(cmd: Command) -> Command {
+        cmd.subcommand_required(true)
+            .disable_help_subcommand(true)
+            .subcommand_value_name("KIND")
+            .subcommands(kinds::KINDS.iter().map(command))
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The flags every kind takes.
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// The broker's WebSocket address.
+    #[arg(short, long, env = "BREADBOARD_BROKER", default_value = nodes::DEFAULT_BROKER)]
+    broker: String,
+    /// The node's name, unique on the broker (default: the kind's usual name, such as pin-1).
+    #[arg(short, long)]
+    name: Option<String>,
+    /// Seconds a request waits for its reply.
+    #[arg(long, default_value = "5", value_parser = kinds::parse_seconds)]
+    request_timeout: Duration,
+}
+
+/// The command line of one kind: the common flags plus the kind's own.
+fn command(kind: &Kind) -> Command {
+    // `about` last: the derived flag structs bring their own doc comment as one.
+    Common::augment_args(kind.augment_args(Command::new(kind.name))).about(kind.about)
+}
+
+/// Runs the node.
+///
+/// # Errors
+/// When the node fails (a clock whose tick nobody acknowledged in time with `--expect`, a name
+/// already taken, a broker URL that is not `ws://`).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Args { kind, matches } = args;
+    let common = Common::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let node = kind.build(&matches).unwrap_or_else(|e| e.exit());
+    let name = common.name.unwrap_or_else(|| kind.default_name.to_string());
+    let mut config = Config::new(name, kind.name);
+    config.request_timeout = common.request_timeout;
+    let shutdown = super::shutdown_on_signal();
+    runtime::run(node, config, BrokerSource::fixed(common.broker), shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let cmd = Args::augment_args(Command::new("node").no_binary_name(true));
+        Args::from_arg_matches(&cmd.try_get_matches_from(argv)?)
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::augment_args(Command::new("node")).debug_assert();
+    }
+
+    #[test]
+    fn each_kind_takes_the_common_flags_and_its_own() {
+        let args = parse(&[
+            "pin",
+            "--broker",
+            "ws://127.0.0.1:1",
+            "-n",
+            "pin-2",
+            "--seed",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(args.kind.name, "pin");
+        let common = Common::from_arg_matches(&args.matches).unwrap();
+        assert_eq!(common.broker, "ws://127.0.0.1:1");
+        assert_eq!(common.name.as_deref(), Some("pin-2"));
+        args.kind.build(&args.matches).unwrap();
+        assert!(parse(&["clock", "-t", "3", "-d", "0.5"]).is_ok());
+        assert!(parse(&["led"]).is_err());
+        assert!(parse(&["pin", "--tacks", "3"]).is_err());
+    }
 }

@@ -1,0 +1,543 @@
+//! Runs a [`Node`] against a broker, doing all the plumbing.
+//!
+//! ```text
+//!        ┌──────────── connect (ws://…, MessagePack) ◄──── BrokerSource (URL, may change)
+//!        │                   │ fails: wait Backoff, retry
+//!        │                 hello(name, kind) ── name_taken: retry a while (stale old session)
+//!        │                   │
+//!        │   first time: setup()          later: re-subscribe, on_reconnect()
+//!        │                   │
+//!        │    loop: on_message(msg) | on_timer() | shutdown | URL changed
+//!        └──── connection lost ◄─┘
+//! ```
+//!
+//! A broker restart costs a node nothing but the messages published while it was away: the
+//! runtime reconnects with capped exponential backoff and jitter, says `hello` again (retrying
+//! on `name_taken`, since the broker may not have noticed the old connection yet), restores
+//! every subscription, and carries on. `setup` runs once in the node's life.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::client::{Client, ConnectOptions, Messages};
+use crate::error::{Error, Result};
+use crate::node::{Context, HookResult, Node, Output};
+
+/// Where the runtime finds the broker: a URL that may be absent for a while and may change.
+///
+/// Today it is a fixed URL ([`BrokerSource::fixed`]); discovery will feed a
+/// [`watch`] channel ([`BrokerSource::watch`]) as brokers come and go. A change while connected
+/// makes the node move to the new broker.
+#[derive(Debug, Clone)]
+pub struct BrokerSource {
+    rx: watch::Receiver<Option<String>>,
+}
+
+impl BrokerSource {
+    /// Always the same broker.
+    pub fn fixed(url: impl Into<String>) -> Self {
+        let (_tx, rx) = watch::channel(Some(url.into()));
+        Self { rx }
+    }
+
+    /// The broker named by the latest value of a watch channel (`None`: none known yet).
+    pub fn watch(rx: watch::Receiver<Option<String>>) -> Self {
+        Self { rx }
+    }
+
+    /// The URL now, if any.
+    pub fn current(&self) -> Option<String> {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits for a URL (returns at once when there is one).
+    ///
+    /// # Errors
+    /// [`Error::NoBroker`] when the source ended without any.
+    async fn wait_url(&mut self) -> Result<String> {
+        loop {
+            if let Some(url) = self.rx.borrow_and_update().clone() {
+                return Ok(url);
+            }
+            self.rx.changed().await.map_err(|_| Error::NoBroker)?;
+        }
+    }
+
+    /// Resolves when the URL changes to something else than `current`; never when the
+    /// source cannot change any more.
+    async fn moved_from(&mut self, current: &str) {
+        loop {
+            if self.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if self.rx.borrow_and_update().as_deref() != Some(current) {
+                return;
+            }
+        }
+    }
+}
+
+/// How a node runs. Build it with [`Config::new`] and change what you need.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's `hello` name, unique among the clients of a broker.
+    pub name: String,
+    /// Its kind, such as `pin`; shown in the broker's presence entry.
+    pub kind: String,
+    /// Waits between connection attempts.
+    pub backoff: Backoff,
+    /// Connection settings; nodes speak MessagePack.
+    pub connect: ConnectOptions,
+    /// How long [`Context::request`] waits for the first reply.
+    pub request_timeout: Duration,
+    /// How long to keep saying `hello` while the broker answers `name_taken` before giving up
+    /// (after a reconnection the broker may still hold the old connection for a moment).
+    pub name_taken_patience: Duration,
+    /// Where [`Context::print`] writes.
+    pub output: Output,
+}
+
+impl Config {
+    /// The defaults for a node of this name and kind.
+    pub fn new(name: impl Into<String>, kind: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: kind.into(),
+            backoff: Backoff::default(),
+            connect: ConnectOptions::default(),
+            request_timeout: Duration::from_secs(5),
+            name_taken_patience: Duration::from_secs(10),
+            output: Output::stdout(),
+        }
+    }
+}
+
+/// Where a node is in its life, published by [`spawn`] on [`NodeHandle::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// Looking for the broker for the first time.
+    Connecting,
+    /// Connected, greeted, subscriptions acknowledged (and `setup` done).
+    Online {
+        /// The broker's URL.
+        url: String,
+    },
+    /// Lost the broker; reconnecting.
+    Offline,
+    /// The node has stopped.
+    Stopped,
+}
+
+/// A node running in its own task.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The node's [`Status`], as it changes.
+    pub status: watch::Receiver<Status>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl NodeHandle {
+    /// Waits until the node is online for the first time: connected, `setup` done and every
+    /// subscription acknowledged by the broker.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the node stopped before (see [`NodeHandle::join`] for why).
+    pub async fn ready(&mut self) -> Result<()> {
+        let status = self
+            .status
+            .wait_for(|s| matches!(s, Status::Online { .. } | Status::Stopped))
+            .await
+            .map_err(|_| Error::Closed)?;
+        match *status {
+            Status::Online { .. } => Ok(()),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// Waits for the node to stop and returns how it ended.
+    ///
+    /// # Errors
+    /// What [`run`] returns; [`Error::Failed`] if the node's task panicked.
+    pub async fn join(self) -> Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Failed {
+                name: "?".into(),
+                reason: format!("node task ended abnormally: {e}"),
+            }),
+        }
+    }
+
+    /// Whether the node has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Runs a node in a new task; see [`run`].
+pub fn spawn<N: Node>(
+    node: N,
+    config: Config,
+    broker: BrokerSource,
+    shutdown: CancellationToken,
+) -> NodeHandle {
+    let (status_tx, status) = watch::channel(Status::Connecting);
+    let span = tracing::info_span!("node", name = %config.name);
+    let task = tokio::spawn(
+        Runtime::new(config, broker, shutdown, status_tx)
+            .run(node)
+            .instrument(span),
+    );
+    NodeHandle { status, task }
+}
+
+/// Runs a node until it stops itself or `shutdown` is cancelled, reconnecting as needed.
+///
+/// # Errors
+/// [`Error::Failed`] when `setup` fails or the node calls [`Context::fail`];
+/// [`Error::Broker`] when the broker refuses the name for longer than
+/// [`Config::name_taken_patience`] or refuses it outright (`bad_name`);
+/// [`Error::NoBroker`] when the broker source ends without a URL.
+pub async fn run<N: Node>(
+    node: N,
+    config: Config,
+    broker: BrokerSource,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (status_tx, _status) = watch::channel(Status::Connecting);
+    let span = tracing::info_span!("node", name = %config.name);
+    Runtime::new(config, broker, shutdown, status_tx)
+        .run(node)
+        .instrument(span)
+        .await
+}
+
+/// Why the event loop of one connection ended.
+enum LoopEnd {
+    /// Shutdown, or the node stopped itself: the run is over.
+    Done,
+    /// The connection was lost or the broker moved: reconnect.
+    Reconnect,
+}
+
+struct Runtime {
+    config: Config,
+    broker: BrokerSource,
+    shutdown: CancellationToken,
+    status: watch::Sender<Status>,
+    rng: StdRng,
+}
+
+impl Runtime {
+    fn new(
+        config: Config,
+        broker: BrokerSource,
+        shutdown: CancellationToken,
+        status: watch::Sender<Status>,
+    ) -> Self {
+        Self {
+            config,
+            broker,
+            shutdown,
+            status,
+            rng: StdRng::from_os_rng(),
+        }
+    }
+
+    async fn run<N: Node>(mut self, mut node: N) -> Result<()> {
+        let result = self.serve(&mut node).await;
+        self.status.send_replace(Status::Stopped);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "node stopped");
+        }
+        result
+    }
+
+    async fn serve<N: Node>(&mut self, node: &mut N) -> Result<()> {
+        let mut ctx = Context::new(
+            self.config.name.clone(),
+            self.config.kind.clone(),
+            self.config.request_timeout,
+            self.config.output.clone(),
+        );
+        let mut timer: Option<Interval> = None;
+        let mut first = true;
+        loop {
+            let Some((client, mut messages)) = self.connect().await? else {
+                return Ok(());
+            };
+            let url = client.url().to_string();
+            ctx.client = Some(client.clone());
+            let prepared = if first {
+                self.hook(node.setup(&mut ctx)).await.map(|r| {
+                    r.map_err(|e| Error::Failed {
+                        name: self.config.name.clone(),
+                        reason: format!("setup: {e}"),
+                    })
+                })
+            } else {
+                self.restore(node, &mut ctx).await
+            };
+            match prepared {
+                None => return self.finish(&mut ctx).await,
+                Some(Err(e)) => {
+                    client.close().await;
+                    return Err(e);
+                }
+                Some(Ok(())) => {}
+            }
+            if !client.is_closed() {
+                let again = if first { "online at" } else { "back online at" };
+                ctx.print(format!("{again} {url}"));
+                tracing::debug!(%url, "node ready");
+                self.status
+                    .send_replace(Status::Online { url: url.clone() });
+            }
+            first = false;
+            match self
+                .event_loop(node, &mut ctx, &mut messages, &mut timer, &url)
+                .await
+            {
+                LoopEnd::Done => return self.finish(&mut ctx).await,
+                LoopEnd::Reconnect => {
+                    client.close().await;
+                    ctx.client = None;
+                    self.status.send_replace(Status::Offline);
+                    ctx.print("offline, reconnecting");
+                }
+            }
+        }
+    }
+
+    /// After a reconnection: subscriptions back, then the node's `on_reconnect`.
+    /// `None` on shutdown.
+    async fn restore<N: Node>(&mut self, node: &mut N, ctx: &mut Context) -> Option<Result<()>> {
+        if let Some(client) = ctx.client.clone() {
+            for filter in ctx.subscriptions.clone() {
+                if let Err(e) = client.subscribe(&filter).await {
+                    tracing::warn!(%filter, error = %e, "could not restore a subscription");
+                }
+            }
+        }
+        let result = self.hook(node.on_reconnect(ctx)).await?;
+        log_hook_error("on_reconnect", result);
+        Some(Ok(()))
+    }
+
+    /// Ends the run the way the node asked (or cleanly on shutdown).
+    async fn finish(&self, ctx: &mut Context) -> Result<()> {
+        if let Some(client) = ctx.client.take() {
+            client.close().await;
+        }
+        match ctx.stop.take() {
+            Some(Err(reason)) => Err(Error::Failed {
+                name: self.config.name.clone(),
+                reason,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a hook unless shutdown comes first (`None`).
+    async fn hook(
+        &self,
+        hook: impl std::future::Future<Output = HookResult>,
+    ) -> Option<HookResult> {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => None,
+            result = hook => Some(result),
+        }
+    }
+
+    async fn event_loop<N: Node>(
+        &mut self,
+        node: &mut N,
+        ctx: &mut Context,
+        messages: &mut Messages,
+        timer: &mut Option<Interval>,
+        url: &str,
+    ) -> LoopEnd {
+        let mut broker = self.broker.clone();
+        loop {
+            if ctx.stop.is_some() {
+                return LoopEnd::Done;
+            }
+            if std::mem::take(&mut ctx.timer_changed) {
+                *timer = ctx.timer.map(|period| {
+                    let mut t = tokio::time::interval(period);
+                    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    t
+                });
+            }
+            let result = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return LoopEnd::Done,
+                msg = messages.recv() => match msg {
+                    Some(msg) => self.hook(node.on_message(ctx, msg)).await.map(|r| ("on_message", r)),
+                    None => {
+                        tracing::warn!(%url, "connection to the broker lost");
+                        return LoopEnd::Reconnect;
+                    }
+                },
+                () = tick(timer) => self.hook(node.on_timer(ctx)).await.map(|r| ("on_timer", r)),
+                () = broker.moved_from(url) => {
+                    tracing::info!(from = %url, "the broker moved");
+                    return LoopEnd::Reconnect;
+                }
+            };
+            match result {
+                None => return LoopEnd::Done,
+                Some((name, result)) => log_hook_error(name, result),
+            }
+        }
+    }
+
+    /// Connects and says `hello`, retrying with backoff. `None` on shutdown.
+    async fn connect(&mut self) -> Result<Option<(Client, Messages)>> {
+        let mut attempt: u32 = 0;
+        let mut name_taken_since: Option<Instant> = None;
+        loop {
+            let url = tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(None),
+                url = self.broker.wait_url() => url?,
+            };
+            let connected = tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(None),
+                r = self.greet(&url) => r,
+            };
+            match connected {
+                Ok(pair) => return Ok(Some(pair)),
+                Err(Error::Broker { code, message }) if code == proto::ErrorCode::NameTaken => {
+                    let since = *name_taken_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.config.name_taken_patience {
+                        return Err(Error::Broker { code, message });
+                    }
+                    tracing::warn!(name = %self.config.name, "name taken on the broker; retrying");
+                }
+                Err(e @ (Error::Broker { .. } | Error::BadUrl { .. })) => return Err(e),
+                Err(e) => {
+                    if attempt == 0 {
+                        tracing::warn!(%url, error = %e, "cannot reach the broker; retrying");
+                    } else {
+                        tracing::debug!(%url, attempt, error = %e, "cannot reach the broker");
+                    }
+                }
+            }
+            let wait = self.config.backoff.delay(attempt, &mut self.rng);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(None),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One attempt: connect, then `hello`.
+    async fn greet(&self, url: &str) -> Result<(Client, Messages)> {
+        let (client, messages) = Client::connect(url, self.config.connect.clone()).await?;
+        match client
+            .hello(&self.config.name, Some(&self.config.kind))
+            .await
+        {
+            Ok(()) => Ok((client, messages)),
+            Err(e) => {
+                client.close().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Resolves at the timer's next tick; never when there is no timer.
+async fn tick(timer: &mut Option<Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn log_hook_error(hook: &str, result: HookResult) {
+    if let Err(e) = result {
+        tracing::warn!(hook, error = %e, "hook failed; the node carries on");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn fixed_source_gives_its_url_and_never_moves() {
+        let mut s = BrokerSource::fixed("ws://127.0.0.1:1");
+        assert_eq!(s.wait_url().await.unwrap(), "ws://127.0.0.1:1");
+        assert!(s.moved_from("ws://127.0.0.1:1").now_or_never().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watched_source_waits_for_a_url_and_sees_moves() {
+        let (tx, rx) = watch::channel(None);
+        let mut s = BrokerSource::watch(rx);
+        let waiter = tokio::spawn({
+            let mut s = s.clone();
+            async move { s.wait_url().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send_replace(Some("ws://127.0.0.1:2".into()));
+        assert_eq!(waiter.await.unwrap().unwrap(), "ws://127.0.0.1:2");
+        s.wait_url().await.unwrap();
+        let moved = tokio::spawn(async move { s.moved_from("ws://127.0.0.1:2").await });
+        tx.send_replace(Some("ws://127.0.0.1:3".into()));
+        tokio::time::timeout(Duration::from_secs(1), moved)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_ended_source_without_url_is_no_broker() {
+        let (tx, rx) = watch::channel(None);
+        drop(tx);
+        let mut s = BrokerSource::watch(rx);
+        assert!(matches!(s.wait_url().await, Err(Error::NoBroker)));
+    }
+
+    struct Idle;
+    impl Node for Idle {
+        async fn setup(&mut self, _ctx: &mut Context) -> HookResult {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_node_that_never_reached_its_broker() {
+        // Port 1 on loopback: nothing listens there, connections are refused at once.
+        let shutdown = CancellationToken::new();
+        let mut config = Config::new("idle", "test");
+        config.output = Output::silent();
+        let mut handle = spawn(
+            Idle,
+            config,
+            BrokerSource::fixed("ws://127.0.0.1:1"),
+            shutdown.clone(),
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(*handle.status.borrow(), Status::Connecting);
+        shutdown.cancel();
+        assert!(handle.ready().await.is_err());
+        handle.join().await.unwrap();
+    }
+}
