@@ -212,3 +212,167 @@ impl Client {
         self.recv().await
     }
 }
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// A close frame arrived, carrying this close code (`None` for a close frame without one).
+    Close(Option<u16>),
+    /// The socket ended, or failed, without a close frame; says how.
+    Dropped(String),
+}
+
+impl Proc {
+    /// Sends SIGINT, what Ctrl-C in a terminal does.
+    pub fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Broker {
+    /// `GET path` on the broker's port, over plain HTTP.
+    pub async fn http_get(&self, path: &str) -> HttpResponse {
+        http_get(self.addr, path).await
+    }
+
+    /// The value of one line of `GET /metrics`, such as `breadboard_connections` or
+    /// `breadboard_errors_total{code="bad_topic"}`; panics if the broker does not report it.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let metrics = self.http_get("/metrics").await;
+        assert_eq!(metrics.status, 200, "GET /metrics: {metrics:?}");
+        metric(&metrics.body, name).unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+}
+
+impl Client {
+    /// The next text, binary or close message as it arrived (pings and pongs are skipped), for
+    /// tests that check the encoding of a frame. `None` if nothing arrives within `wait` or the
+    /// connection ends.
+    pub async fn recv_message(&mut self, wait: Duration) -> Option<Message> {
+        loop {
+            let msg = tokio::time::timeout(wait, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(_) | Message::Binary(_) | Message::Close(_) => return Some(msg),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads and discards frames until the connection ends, for at most `max_frames` frames and
+    /// `wait` in all; returns how it ended, or `None` if it was still open.
+    pub async fn wait_end(&mut self, wait: Duration, max_frames: usize) -> Option<End> {
+        let read = async {
+            for _ in 0..max_frames {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        return Some(End::Close(frame.map(|f| u16::from(f.code))))
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Some(End::Dropped(e.to_string())),
+                    None => return Some(End::Dropped("end of stream".into())),
+                }
+            }
+            None
+        };
+        tokio::time::timeout(wait, read).await.ok().flatten()
+    }
+
+    /// The client's own address, as the broker sees it (presence entries report it as `addr`).
+    pub fn local_addr(&self) -> SocketAddr {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) => tcp.local_addr().expect("local address"),
+            _ => panic!("not a plain TCP connection"),
+        }
+    }
+
+    /// Drops the connection the rudest way: no close frame, and a TCP reset instead of a FIN
+    /// (as when a device loses power mid-session and its stack later answers with RST).
+    pub fn reset(self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
+            tcp.set_zero_linger().expect("SO_LINGER 0");
+        }
+        drop(self);
+    }
+
+    /// Shuts down the sending half of the TCP connection without a close frame (as when a
+    /// client process dies: its kernel sends a FIN). The client can still read.
+    pub async fn shutdown_tcp(&mut self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_mut() {
+            tokio::io::AsyncWriteExt::shutdown(tcp)
+                .await
+                .expect("TCP shutdown");
+        }
+    }
+}
+
+/// Decodes a broker frame as the client received it: JSON from a text message, MessagePack
+/// from a binary one. Panics on anything else.
+pub fn decode(msg: &Message) -> Value {
+    match msg {
+        Message::Text(t) => serde_json::from_str(t).expect("JSON frame"),
+        Message::Binary(b) => rmp_serde::from_slice(b).expect("MessagePack frame"),
+        other => panic!("not a data frame: {other:?}"),
+    }
+}
+
+/// An HTTP response, read to the end.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status code, such as 200.
+    pub status: u16,
+    /// The status line and headers, as sent.
+    pub head: String,
+    /// Everything after the blank line.
+    pub body: String,
+}
+
+/// `GET path` from `addr` with a hand-written HTTP/1.1 request (`Connection: close`), read to
+/// the end. Panics if no complete answer comes within [`WAIT`].
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await.expect("read response");
+        raw
+    };
+    let raw = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("an HTTP answer in time");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("a blank line after the head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    HttpResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// The value of the sample `name` (with its labels, if any) in Prometheus text format.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
