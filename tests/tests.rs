@@ -1,4 +1,6 @@
 //! End-to-end tests: the real `breadboard` binary, real sockets, real clients.
 
 mod broker;
+mod clients;
 mod common;
+mod dashboard;

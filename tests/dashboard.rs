@@ -1,0 +1,493 @@
+//! The dashboard in a real browser: a broker, the circuit's nodes (real `breadboard node`
+//! processes), and headless Chromium driven over the Chrome DevTools Protocol.
+//!
+//! ```text
+//!   breadboard node clock ─┐
+//!   breadboard node pin   ─┼─► broker (127.0.0.1:0) ◄── GET / ── chromium --headless
+//!   breadboard node buzzer─┘                        ◄── ws:// ──  (the page)
+//!                                                                    ▲ CDP over WebSocket
+//!                                                        this test ──┘ (Runtime.evaluate, screenshots)
+//! ```
+//!
+//! Chromium runs with a fresh profile in a temporary directory, reachable only on loopback; it is
+//! killed (its process group, by id) and the profile removed when the test ends, pass or fail.
+//! Without Chromium the test is skipped with a message, except under `CI=true`, where it fails.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{Broker, Proc, Ws, WAIT};
+
+/// How long the page may take to show a state we wait for.
+const PAGE_WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_live_circuit_in_chromium() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let started = Instant::now();
+    let broker = Broker::start(&["--stats-interval", "1"]);
+    let url = broker.url();
+    let _nodes = start_circuit(&url);
+
+    let browser = Chromium::launch(&exe);
+    let mut page = browser.open(&format!("{}/", broker.http())).await;
+
+    // The nodes appear online and the pin's LED changes while we watch.
+    let mut levels = std::collections::BTreeSet::new();
+    let seen = page
+        .wait_for("nodes online, ticks, a changing pin", |s| {
+            for pin in s["pins"].as_array().into_iter().flatten() {
+                if let Some(level) = pin["level"].as_str() {
+                    levels.insert(level.to_string());
+                }
+            }
+            s["conn"] == "open"
+                && ["clock", "pin-1", "buzzer"].iter().all(|n| {
+                    s["online"]
+                        .as_array()
+                        .is_some_and(|o| o.contains(&json!(n)))
+                })
+                && s["ticks"].as_u64() >= Some(2)
+                && pin_changes(s, "pin-1") >= 2
+                && levels.contains("0")
+                && levels.contains("1")
+                && s["stats"].as_u64() > Some(0)
+                && s["topics"].as_u64() >= Some(2)
+                && s["log"].as_u64() > Some(0)
+        })
+        .await;
+    println!("page state: {seen}");
+
+    // A few more ticks, so that the screenshot shows some history (the pin's trace).
+    page.wait_for("ten ticks", |s| s["ticks"].as_u64() >= Some(10))
+        .await;
+
+    let png = page.screenshot().await;
+    let out = output_dir().join("dashboard.png");
+    fs::write(&out, &png).expect("write the screenshot");
+    println!("screenshot: {}", out.display());
+
+    // The filter box narrows the log to a topic filter.
+    let filtered = page
+        .eval(
+            "(() => { const f = document.querySelector('#filter'); f.value = 'pin/+/state';
+               f.dispatchEvent(new Event('input'));
+               const rows = [...document.querySelectorAll('#log li')];
+               return JSON.stringify({ rows: rows.length,
+                 other: rows.filter(r => !/^pin\\/[^/]+\\/state$/.test(r.dataset.topic)).length }); })()",
+        )
+        .await;
+    let filtered: Value = serde_json::from_str(filtered.as_str().unwrap_or("{}")).expect("JSON");
+    assert!(
+        filtered["rows"].as_u64() > Some(0),
+        "no pin rows: {filtered}"
+    );
+    assert_eq!(
+        filtered["other"], 0,
+        "filter let others through: {filtered}"
+    );
+
+    // PROTOCOL.md's browser snippet, run as written (its URL pointed at this broker), sees the
+    // pin's retained state and the buzzer.
+    let snippet =
+        crate::clients::protocol_block("js").replace("ws://localhost:8765/", &format!("{url}/"));
+    page.eval(&format!(
+        "window.__snippet = []; console.log = (...a) => window.__snippet.push(a.join(' ').trim());
+         {{ {snippet}\n window.__snippetWs = ws; }} 'started'"
+    ))
+    .await;
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + PAGE_WAIT;
+    while !(lines
+        .iter()
+        .any(|l: &String| l.starts_with("pin/pin-1/state") && l.ends_with("(retained)"))
+        && lines.iter().any(|l| l.starts_with("buzzer/buzzer/buzz")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the snippet logged only {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let got = page.eval("JSON.stringify(window.__snippet)").await;
+        lines = serde_json::from_str(got.as_str().unwrap_or("[]")).unwrap_or_default();
+    }
+    page.eval("window.__snippetWs.close(); 'closed'").await;
+    println!(
+        "PROTOCOL.md's browser snippet logged:\n{}",
+        lines.join("\n")
+    );
+
+    // The broker restarts on the same port: the page notices, reconnects by itself, and shows
+    // the nodes (which reconnect by themselves too) and new ticks.
+    let port = broker.addr.port();
+    drop(broker);
+    page.wait_for("the page to notice the broker is gone", |s| {
+        s["conn"] != "open"
+    })
+    .await;
+    let _broker = Broker::start_on(port, &["--stats-interval", "1"]);
+    let after = page
+        .wait_for("reconnected, nodes back online, ticking again", |s| {
+            s["conn"] == "open"
+                && ["clock", "pin-1", "buzzer"].iter().all(|n| {
+                    s["online"]
+                        .as_array()
+                        .is_some_and(|o| o.contains(&json!(n)))
+                })
+                && s["ticks"].as_u64() > seen["ticks"].as_u64()
+        })
+        .await;
+    println!("after the broker restart: {after}");
+    page.close().await;
+    println!("dashboard test took {:.1?}", started.elapsed());
+}
+
+/// Changes of level the page counted for one pin.
+fn pin_changes(s: &Value, name: &str) -> u64 {
+    s["pins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["changes"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The demo circuit as separate processes: a fast clock ticking forever, one pin, one buzzer.
+fn start_circuit(url: &str) -> Vec<Proc> {
+    let node = |args: &[&str]| {
+        let mut all = vec!["node"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--broker", url]);
+        Proc::start(&all)
+    };
+    vec![
+        node(&["pin", "--name", "pin-1", "--seed", "7"]),
+        node(&["buzzer", "--name", "buzzer"]),
+        node(&["clock", "--name", "clock", "--tacks", "0", "--delay", "0.3"]),
+    ]
+}
+
+/// What the page shows, read from its stable ids and data attributes.
+const PAGE_STATE: &str = r#"JSON.stringify({
+  conn: document.querySelector('#conn')?.dataset.state,
+  online: [...document.querySelectorAll('#nodes li[data-online="true"]')].map(li => li.dataset.node),
+  offline: [...document.querySelectorAll('#nodes li[data-online="false"]')].map(li => li.dataset.node),
+  ticks: [...document.querySelectorAll('#circuit .part.clock')].reduce((a, c) => a + (+c.dataset.ticks || 0), 0),
+  pins: [...document.querySelectorAll('#circuit .part.pin')].map(p => ({ name: p.dataset.node, level: p.dataset.level, changes: +p.dataset.changes })),
+  buzzes: [...document.querySelectorAll('#circuit .part.buzzer')].reduce((a, b) => a + (+b.dataset.buzzes || 0), 0),
+  topics: document.querySelectorAll('#topics tbody tr').length,
+  log: document.querySelectorAll('#log li').length,
+  stats: document.querySelectorAll('#stats [data-stat]').length,
+  messages: +(document.body?.dataset.messages ?? 0),
+})"#;
+
+/// Where tests leave files for people to look at: `target/test-output/`.
+fn output_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("test-output");
+    fs::create_dir_all(&dir).expect("create target/test-output");
+    dir
+}
+
+/// Chromium's path, or `None` (after saying so) when it is missing outside CI.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        let msg = "chromium not found (Debian: apt-get install chromium; scripts/test does it)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED dashboard test: {msg}");
+    }
+    found
+}
+
+/// A headless Chromium with a throwaway profile; killed and cleaned up on drop.
+struct Chromium {
+    child: Child,
+    profile: PathBuf,
+    devtools: String,
+}
+
+impl Chromium {
+    fn launch(exe: &Path) -> Chromium {
+        let profile = std::env::temp_dir().join(format!(
+            "breadboard-chromium-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        fs::create_dir_all(&profile).expect("create the profile directory");
+        let log = fs::File::create(profile.join("chromium.log")).expect("create the log");
+        let child = Command::new(exe)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-breakpad",
+                "--disable-dev-shm-usage",
+                "--mute-audio",
+                "--hide-scrollbars",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                "--window-size=1400,1000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            // Its own process group, so that its helpers (renderer, zygote) go with it.
+            .process_group(0)
+            .spawn()
+            .expect("start chromium");
+        let mut browser = Chromium {
+            child,
+            profile,
+            devtools: String::new(),
+        };
+        // Chromium writes the port it picked, then the browser endpoint's path.
+        let file = browser.profile.join("DevToolsActivePort");
+        let deadline = Instant::now() + PAGE_WAIT;
+        loop {
+            if let Ok(text) = fs::read_to_string(&file) {
+                let mut lines = text.lines();
+                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                    browser.devtools = format!("ws://127.0.0.1:{}{}", port.trim(), path.trim());
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = browser.child.try_wait() {
+                panic!("chromium exited ({status}): {}", browser.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no DevToolsActivePort after {PAGE_WAIT:?}: {}",
+                browser.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        browser
+    }
+
+    fn log(&self) -> String {
+        let text = fs::read_to_string(self.profile.join("chromium.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Opens a tab on `url` (a page on the broker) and returns a handle to drive it.
+    async fn open(&self, url: &str) -> Page {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&self.devtools))
+            .await
+            .expect("DevTools connect in time")
+            .expect("DevTools connect");
+        let mut page = Page {
+            ws,
+            next_id: 0,
+            session: None,
+        };
+        let target = page
+            .call("Target.createTarget", json!({ "url": "about:blank" }))
+            .await;
+        let attached = page
+            .call(
+                "Target.attachToTarget",
+                json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await;
+        page.session = attached["sessionId"].as_str().map(String::from);
+        assert!(page.session.is_some(), "no session: {attached}");
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+        let nav = page.call("Page.navigate", json!({ "url": url })).await;
+        assert!(nav.get("errorText").is_none(), "navigation failed: {nav}");
+        page
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        // The whole group first (the helpers), then the browser itself: both by our own ids.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..20 {
+            if fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One tab, driven over the DevTools Protocol (a flattened session on the browser socket).
+struct Page {
+    ws: Ws,
+    next_id: u64,
+    session: Option<String>,
+}
+
+impl Page {
+    /// Sends a command and returns its result; panics on an error or after [`WAIT`].
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut frame = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            frame["sessionId"] = json!(session);
+        }
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send a DevTools command");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method} within {WAIT:?}"))
+                .unwrap_or_else(|| panic!("DevTools closed during {method}"))
+                .expect("DevTools socket");
+            let Message::Text(text) = msg else { continue };
+            let answer: Value = serde_json::from_str(&text).expect("DevTools JSON");
+            if answer["id"] != id {
+                continue; // an event, or another session's traffic
+            }
+            if let Some(err) = answer.get("error") {
+                panic!("{method} failed: {err}");
+            }
+            return answer["result"].clone();
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true }),
+            )
+            .await;
+        if let Some(exc) = result.get("exceptionDetails") {
+            panic!("page script failed: {exc}");
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// The page's visible state (see [`PAGE_STATE`]).
+    async fn state(&mut self) -> Value {
+        let text = self.eval(PAGE_STATE).await;
+        serde_json::from_str(text.as_str().unwrap_or("null")).unwrap_or(Value::Null)
+    }
+
+    /// Polls the page every 200 ms until `done` holds; panics after [`PAGE_WAIT`] with the last
+    /// state seen.
+    async fn wait_for(&mut self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PAGE_WAIT;
+        loop {
+            let s = self.state().await;
+            if done(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.screenshot_to("dashboard-failure.png").await;
+                panic!("the page did not show {what} within {PAGE_WAIT:?}; last state: {s}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A PNG of the viewport.
+    async fn screenshot(&mut self) -> Vec<u8> {
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": false }),
+            )
+            .await;
+        base64_decode(shot["data"].as_str().expect("screenshot data"))
+    }
+
+    async fn screenshot_to(&mut self, name: &str) -> PathBuf {
+        let png = self.screenshot().await;
+        let out = output_dir().join(name);
+        let _ = fs::write(&out, png);
+        eprintln!("screenshot: {}", out.display());
+        out
+    }
+
+    /// Closes the browser politely (the drop of [`Chromium`] kills it anyway).
+    async fn close(mut self) {
+        self.session = None;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.ws.send(Message::Text(
+                json!({ "id": u64::MAX, "method": "Browser.close" })
+                    .to_string()
+                    .into(),
+            )),
+        )
+        .await;
+    }
+}
+
+/// Standard base64 (as in CDP's screenshot `data`), without a dependency for one call.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_decodes_padded_and_unpadded() {
+    assert_eq!(base64_decode("aGVsbG8="), b"hello");
+    assert_eq!(base64_decode("aGk"), b"hi");
+    assert_eq!(base64_decode("iVBORw0KGgo="), b"\x89PNG\r\n\x1a\n");
+}
