@@ -144,6 +144,10 @@ pub struct ConnectOptions {
     pub outbound_capacity: usize,
     /// Replies queued per [`Client::request_many`] when no `max` is given.
     pub replies_capacity: usize,
+    /// After this long without hearing from the broker, send it a `ping`; after twice this,
+    /// give the connection up as dead (a broker host that vanished sends no FIN, and a node
+    /// that only listens would otherwise wait forever). `None`: never.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -155,6 +159,7 @@ impl Default for ConnectOptions {
             inbound_capacity: 4096,
             outbound_capacity: 1024,
             replies_capacity: 256,
+            keepalive: Some(Duration::from_secs(15)),
         }
     }
 }
@@ -327,6 +332,9 @@ impl Client {
             out_rx,
             msg_tx,
             shared: Arc::clone(&shared),
+            encoding: options.encoding,
+            keepalive: options.keepalive,
+            last_heard: Instant::now(),
         };
         let span = tracing::debug_span!("connection", url);
         tokio::spawn(tracing::Instrument::instrument(conn.run(), span));
@@ -604,6 +612,16 @@ impl Client {
     }
 }
 
+/// Resolves at the interval's next tick; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Encodes a frame as the WebSocket message of its encoding.
 fn to_ws(frame: &ClientFrame, encoding: Encoding) -> WsMessage {
     let bytes = encode_client(frame, encoding);
@@ -630,6 +648,11 @@ struct Connection {
     out_rx: mpsc::Receiver<Outgoing>,
     msg_tx: mpsc::Sender<Message>,
     shared: Arc<Shared>,
+    encoding: Encoding,
+    /// See [`ConnectOptions::keepalive`].
+    keepalive: Option<Duration>,
+    /// When the broker last sent anything (a frame, a WebSocket ping or pong).
+    last_heard: Instant,
 }
 
 impl Connection {
@@ -651,10 +674,35 @@ impl Connection {
     }
 
     async fn serve(&mut self) -> Ending {
+        // Checked a few times per keepalive period; never when there is no keepalive.
+        let mut check = self.keepalive.map(|k| {
+            let mut i = tokio::time::interval((k / 4).max(Duration::from_millis(1)));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut pinged = false;
         loop {
             tokio::select! {
+                () = tick(&mut check) => {
+                    let (Some(keepalive), silent) = (self.keepalive, self.last_heard.elapsed()) else {
+                        continue;
+                    };
+                    if silent >= keepalive * 2 {
+                        return Ending::Remote(format!("the broker went silent for {silent:?}"));
+                    }
+                    if silent >= keepalive && !pinged {
+                        pinged = true;
+                        // Unregistered id: its pong only proves the broker is alive.
+                        let ping = ClientFrame::Ping { id: Some(self.shared.next_id()) };
+                        if let Err(e) = self.write_batch(to_ws(&ping, self.encoding)).await {
+                            return e;
+                        }
+                    }
+                }
                 incoming = self.ws.next() => match incoming {
                     Some(Ok(msg)) => {
+                        self.last_heard = Instant::now();
+                        pinged = false;
                         if let Some(ending) = self.on_incoming(msg) {
                             return ending;
                         }
@@ -789,6 +837,125 @@ mod tests {
             to_ws(&ping, Encoding::MsgPack),
             WsMessage::Binary(_)
         ));
+    }
+
+    /// A server that completes the WebSocket handshake, then never says a word.
+    async fn mute_server() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_silent_broker_is_given_up() {
+        let (url, server) = mute_server().await;
+        let options = ConnectOptions {
+            keepalive: Some(Duration::from_millis(100)),
+            ..ConnectOptions::default()
+        };
+        let (client, mut messages) = Client::connect(&url, options).await.unwrap();
+        timeout(Duration::from_secs(5), client.closed())
+            .await
+            .expect("closed");
+        assert!(messages.recv().await.is_none());
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn unanswered_frames_time_out() {
+        let (url, server) = mute_server().await;
+        let options = ConnectOptions {
+            ack_timeout: Duration::from_millis(100),
+            keepalive: None,
+            ..ConnectOptions::default()
+        };
+        let (client, _messages) = Client::connect(&url, options).await.unwrap();
+        assert!(matches!(client.subscribe("a").await, Err(Error::TimedOut)));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = Client::connect(&url, ConnectOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+    }
+
+    fn reply(topic: &str) -> Message {
+        Message {
+            topic: TopicName::new(topic).unwrap(),
+            data: serde_json::json!([1, 0, 1]),
+            from: Some("pin-1".into()),
+            reply: None,
+            retained: false,
+        }
+    }
+
+    fn replies(shared: &Arc<Shared>, window: Duration, max: Option<usize>) -> Replies {
+        Replies {
+            pending: shared.expect_replies(1, 8).unwrap(),
+            deadline: Instant::now() + window,
+            max,
+            received: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_are_collected_until_the_window_closes() {
+        let shared = Shared::new("_inbox/t".into());
+        let mut r = replies(&shared, Duration::from_secs(1), None);
+        assert!(shared.route(reply("_inbox/t/1")).is_none());
+        assert!(shared.route(reply("_inbox/t/1")).is_none());
+        let start = Instant::now();
+        assert!(r.next().await.unwrap().is_some());
+        assert!(r.next().await.unwrap().is_some());
+        assert!(r.next().await.unwrap().is_none());
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(r.received(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_without_replies_means_no_responders() {
+        let shared = Shared::new("_inbox/t".into());
+        let r = replies(&shared, Duration::from_millis(300), None);
+        assert!(matches!(r.collect().await, Err(Error::NoResponders)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_replies_end_the_wait_at_once() {
+        let shared = Shared::new("_inbox/t".into());
+        let mut r = replies(&shared, Duration::from_secs(60), Some(1));
+        assert!(shared.route(reply("_inbox/t/1")).is_none());
+        let start = Instant::now();
+        assert!(r.next().await.unwrap().is_some());
+        assert!(r.next().await.unwrap().is_none());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_ends_the_replies_with_closed() {
+        let shared = Shared::new("_inbox/t".into());
+        let mut r = replies(&shared, Duration::from_secs(60), None);
+        shared.close();
+        assert!(matches!(r.next().await, Err(Error::Closed)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_that_arrive_after_the_window_are_dropped() {
+        let shared = Shared::new("_inbox/t".into());
+        let r = replies(&shared, Duration::from_millis(100), None);
+        assert!(matches!(r.collect().await, Err(Error::NoResponders)));
+        // The entry is gone: a late reply is swallowed, not delivered anywhere.
+        assert!(shared.route(reply("_inbox/t/1")).is_none());
     }
 
     #[test]
