@@ -142,6 +142,7 @@ pub enum Status {
 pub struct NodeHandle {
     /// The node's [`Status`], as it changes.
     pub status: watch::Receiver<Status>,
+    name: String,
     task: JoinHandle<Result<()>>,
 }
 
@@ -171,10 +172,15 @@ impl NodeHandle {
         match self.task.await {
             Ok(result) => result,
             Err(e) => Err(Error::Failed {
-                name: "?".into(),
+                name: self.name,
                 reason: format!("node task ended abnormally: {e}"),
             }),
         }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Whether the node has stopped.
@@ -192,12 +198,13 @@ pub fn spawn<N: Node>(
 ) -> NodeHandle {
     let (status_tx, status) = watch::channel(Status::Connecting);
     let span = tracing::info_span!("node", name = %config.name);
+    let name = config.name.clone();
     let task = tokio::spawn(
         Runtime::new(config, broker, shutdown, status_tx)
             .run(node)
             .instrument(span),
     );
-    NodeHandle { status, task }
+    NodeHandle { status, name, task }
 }
 
 /// Runs a node until it stops itself or `shutdown` is cancelled, reconnecting as needed.

@@ -105,6 +105,8 @@ async fn circuit(args: &Args, url: &str, shutdown: &CancellationToken) -> anyhow
             .await
             .context("the circuit stopped")
         }
+        // Ctrl-C while starting up is not a failure.
+        Ok(Err(_)) if shutdown.is_cancelled() => Ok(()),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(anyhow::anyhow!(
             "pin-1 and the buzzer did not come online within {READY_WAIT:?}"
