@@ -228,6 +228,9 @@ pub async fn run<N: Node>(
         .await
 }
 
+/// A connection that lasted less than this counts as a flap (see `Runtime::serve`).
+const STEADY: Duration = Duration::from_secs(1);
+
 /// Why the event loop of one connection ended.
 enum LoopEnd {
     /// Shutdown, or the node stopped itself: the run is over.
@@ -278,19 +281,35 @@ impl Runtime {
         );
         let mut timer: Option<Interval> = None;
         let mut first = true;
+        // Connections in a row that ended within `STEADY` of starting: each waits longer
+        // before the next attempt, so a broker that accepts and drops at once is not hammered.
+        let mut flaps: u32 = 0;
         loop {
+            if flaps > 0 && !self.pause(flaps - 1).await {
+                return self.finish(&mut ctx).await;
+            }
             let Some((client, mut messages)) = self.connect().await? else {
                 return Ok(());
             };
+            let connected_at = Instant::now();
             let url = client.url().to_string();
             ctx.client = Some(client.clone());
             let prepared = if first {
-                self.hook(node.setup(&mut ctx)).await.map(|r| {
-                    r.map_err(|e| Error::Failed {
-                        name: self.config.name.clone(),
-                        reason: format!("setup: {e}"),
-                    })
-                })
+                match self.hook(node.setup(&mut ctx)).await {
+                    // The connection dropped under `setup`: run it again on the next one.
+                    Some(Err(e)) if client.is_closed() => {
+                        tracing::warn!(error = %e, "connection lost during setup; retrying");
+                        ctx.client = None;
+                        flaps += 1;
+                        continue;
+                    }
+                    other => other.map(|r| {
+                        r.map_err(|e| Error::Failed {
+                            name: self.config.name.clone(),
+                            reason: format!("setup: {e}"),
+                        })
+                    }),
+                }
             } else {
                 self.restore(node, &mut ctx).await
             };
@@ -318,6 +337,11 @@ impl Runtime {
                 LoopEnd::Reconnect => {
                     client.close().await;
                     ctx.client = None;
+                    if connected_at.elapsed() < STEADY {
+                        flaps = flaps.saturating_add(1);
+                    } else {
+                        flaps = 0;
+                    }
                     self.status.send_replace(Status::Offline);
                     ctx.print("offline, reconnecting");
                 }
@@ -351,6 +375,15 @@ impl Runtime {
                 reason,
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// Waits the backoff of attempt `attempt`; false on shutdown.
+    async fn pause(&mut self, attempt: u32) -> bool {
+        let wait = self.config.backoff.delay(attempt, &mut self.rng);
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = tokio::time::sleep(wait) => true,
         }
     }
 
@@ -440,12 +473,10 @@ impl Runtime {
                     }
                 }
             }
-            let wait = self.config.backoff.delay(attempt, &mut self.rng);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                () = self.shutdown.cancelled() => return Ok(None),
-                () = tokio::time::sleep(wait) => {}
+            if !self.pause(attempt).await {
+                return Ok(None);
             }
+            attempt = attempt.saturating_add(1);
         }
     }
 
