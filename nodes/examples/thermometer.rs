@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The thermometer's state: what a sketch would keep in globals.
 struct Thermometer {
+    /// Time between readings.
+    period: Duration,
     /// Readings taken so far; drives the simulation.
     readings: u64,
     /// The last reading, in °C.
@@ -25,8 +27,9 @@ struct Thermometer {
 }
 
 impl Thermometer {
-    fn new() -> Self {
+    fn new(period: Duration) -> Self {
         Self {
+            period,
             readings: 0,
             celsius: 20.0,
         }
@@ -44,7 +47,7 @@ impl Node for Thermometer {
     /// Once: listen for read requests and start the timer.
     async fn setup(&mut self, ctx: &mut Context) -> HookResult {
         ctx.subscribe(format!("thermo/{}/read", ctx.name())).await?;
-        ctx.set_timer(period());
+        ctx.set_timer(self.period);
         Ok(())
     }
 
@@ -64,14 +67,6 @@ impl Node for Thermometer {
     }
 }
 
-/// The reading period; one second unless `THERMO_PERIOD_MS` says otherwise (for tests).
-fn period() -> Duration {
-    std::env::var("THERMO_PERIOD_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map_or(Duration::from_secs(1), Duration::from_millis)
-}
-
 /// A thermometer node for breadboard.
 #[derive(Parser)]
 struct Args {
@@ -81,6 +76,9 @@ struct Args {
     /// The node's name.
     #[arg(long, default_value = "thermo-1")]
     name: String,
+    /// Seconds between readings.
+    #[arg(long, default_value = "1", value_parser = nodes::kinds::parse_seconds)]
+    period: Duration,
 }
 
 #[tokio::main]
@@ -94,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let config = Config::new(args.name, "thermometer");
     runtime::run(
-        Thermometer::new(),
+        Thermometer::new(args.period),
         config,
         BrokerSource::fixed(args.broker),
         shutdown,
@@ -127,7 +125,7 @@ mod tests {
         let mut config = Config::new("thermo-t", "thermometer");
         config.output = Output::silent();
         let mut node = runtime::spawn(
-            Thermometer::new(),
+            Thermometer::new(Duration::from_millis(50)),
             config,
             BrokerSource::fixed(&url),
             shutdown.clone(),
