@@ -9,7 +9,7 @@
 //! Without `python3` and both packages the tests are skipped with a message, except under
 //! `CI=true`, where they fail (`scripts/test` installs them).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -179,7 +179,11 @@ fn python_ready() -> bool {
             .output()
         {
             Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("import failed")
+                .to_string()),
             Err(e) => Err(format!("no python3: {e}")),
         }
     });
@@ -193,7 +197,8 @@ fn python_ready() -> bool {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{msg}");
             }
-            eprintln!("SKIPPED: {msg}");
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
             false
         }
     }
