@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `breadboard` binary, real sockets, real clients.
 
+mod bench;
 mod broker;
 mod clients;
 mod common;

@@ -1,9 +1,0 @@
-//! Not built yet.
-
-/// Flags.
-#[derive(clap::Args)]
-pub struct Args {}
-
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
-}

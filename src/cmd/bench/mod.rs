@@ -1,0 +1,356 @@
+//! `breadboard bench`: measures a broker the way users compare brokers (in the spirit of `nats
+//! bench`), always next to a baseline measured in the same run.
+//!
+//! - `bench --pubs P --subs S --msgs M --size B`: throughput, deliveries per second summed over
+//!   subscribers, and the publish rate.
+//! - `bench --rate R --duration D`: latency percentiles at a fixed publish rate.
+//! - `bench --baseline relay`: the same workload against a bare tokio-tungstenite relay
+//!   ([`relay`]), and the ratio broker/relay.
+//! - `bench conns --count N`: the broker's resident memory per idle subscribed connection.
+//!
+//! By default the broker is a child process started on loopback ([`local`]), so that its CPU
+//! time and memory are read from `/proc` apart from the client's. The client ([`wire`],
+//! [`workload`]) is built not to be the bottleneck: pre-encoded frames patched in place, many
+//! frames per write, frames read in place from large buffers.
+//!
+//! ```text
+//!  bench ──► workload::run ──► Endpoint (broker child | relay) ──► Measured
+//!                 │ probe(): /proc CPU before/after                   │
+//!                 └──────────────────────────────────────────► report::Report (table | JSON)
+//! ```
+
+mod conns;
+mod local;
+mod payload;
+mod relay;
+mod report;
+mod wire;
+mod workload;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use proto::Encoding;
+
+use self::local::{LocalBroker, Usage};
+use self::report::{Latency, Outcome, Report, Workload};
+use self::workload::{Endpoint, Measured, Params};
+
+/// Flags of `breadboard bench`.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Opens many idle subscribed connections and reports the broker's memory per connection.
+    Conns(conns::Args),
+}
+
+/// Which broker to measure.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Measure the broker at this address (`ws://host:port`) instead of starting one.
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+    /// The process id of the broker given with `--broker`, to read its CPU time and memory.
+    #[arg(long, requires = "broker")]
+    pid: Option<u32>,
+    /// A flag for the broker the bench starts (repeat for several), such as
+    /// `--broker-arg=--outbox-frames=16384`.
+    #[arg(long = "broker-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    broker_args: Vec<String>,
+}
+
+/// The frames clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EncodingArg {
+    /// JSON text frames.
+    Json,
+    /// MessagePack binary frames.
+    Msgpack,
+}
+
+impl From<EncodingArg> for Encoding {
+    fn from(e: EncodingArg) -> Self {
+        match e {
+            EncodingArg::Json => Encoding::Json,
+            EncodingArg::Msgpack => Encoding::MsgPack,
+        }
+    }
+}
+
+/// What to compare the broker with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Baseline {
+    /// A bare tokio-tungstenite relay, in this process.
+    Relay,
+}
+
+/// Flags of the throughput and latency runs.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pubs: usize,
+    /// Subscribing connections; each receives every message.
+    #[arg(long, default_value_t = 1)]
+    subs: usize,
+    /// Messages to publish in each run, over all publishers (throughput mode).
+    #[arg(long, default_value_t = 500_000)]
+    msgs: u64,
+    /// Payload bytes per message (at least 33: the stamp).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Latency mode: publish this many messages per second (over all publishers).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Latency mode: seconds to publish for.
+    #[arg(long, default_value_t = 5.0, requires = "rate")]
+    duration: f64,
+    /// How clients encode their frames.
+    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
+    encoding: EncodingArg,
+    /// Run the same workload against a baseline too, and print the ratio.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// How the relay writes to its subscribers.
+    #[arg(long, value_enum, default_value_t = relay::Writes::Batch)]
+    relay_writes: relay::Writes,
+    /// Runs per target (alternating broker and baseline); the report gives medians.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Most messages published and not yet received by every subscriber. Keep it below the
+    /// broker's `--outbox-frames`, or the broker rightly cuts subscribers off as slow.
+    #[arg(long, default_value_t = 4096)]
+    window: u64,
+    /// Seconds after which a run stops, whatever it has delivered (losses are reported).
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// The broker being measured: started here, or given by address.
+pub(crate) struct Target {
+    /// Where it listens.
+    addr: SocketAddr,
+    /// Held so the child lives as long as the bench, and is killed after.
+    _local: Option<LocalBroker>,
+    /// Its process id, when its `/proc` can be read.
+    pid: Option<u32>,
+}
+
+impl Target {
+    async fn open(args: &TargetArgs) -> anyhow::Result<Self> {
+        match &args.broker {
+            Some(url) => {
+                let hostport = url
+                    .strip_prefix("ws://")
+                    .context("--broker must be a ws:// URL")?;
+                let hostport = hostport.split('/').next().unwrap_or(hostport);
+                let addr = tokio::net::lookup_host(hostport)
+                    .await?
+                    .next()
+                    .with_context(|| format!("cannot resolve {hostport}"))?;
+                Ok(Self {
+                    addr,
+                    _local: None,
+                    pid: args.pid,
+                })
+            }
+            None => {
+                let local = LocalBroker::start(&args.broker_args).await?;
+                Ok(Self {
+                    addr: local.addr,
+                    pid: Some(local.pid),
+                    _local: Some(local),
+                })
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.pid.and_then(|pid| local::usage(pid).ok())
+    }
+}
+
+/// A progress bar on stderr (hidden for `--json` and when stderr is not a terminal).
+fn progress_bar(len: u64, prefix: &str, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(len),
+        if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>14} [{bar:32}] {human_pos}/{human_len} {per_sec:>14} {elapsed}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+fn outcome(m: &Measured, cpu_s: Option<f64>, rss_bytes: Option<u64>) -> Outcome {
+    let published: u64 = m.sent.iter().sum();
+    let delivered = m.delivered();
+    let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    Outcome {
+        published,
+        publish_rate: per_s(published, m.publish_s),
+        expected: m.expected(),
+        delivered,
+        delivery_rate: per_s(delivered, m.elapsed_s),
+        lost: m.lost(),
+        duplicates: m.tallies.iter().map(|t| t.duplicates + t.foreign).sum(),
+        elapsed_s: m.elapsed_s,
+        cpu_s,
+        cpu_per_delivery_us: cpu_s
+            .filter(|_| delivered > 0)
+            .map(|c| c * 1e6 / delivered as f64),
+        rss_bytes,
+        latency: m.latency.as_ref().map(Latency::from_histogram),
+    }
+}
+
+async fn run_broker(
+    target: &Target,
+    params: &Params,
+    bar: &ProgressBar,
+) -> anyhow::Result<Outcome> {
+    let ep = Endpoint {
+        addr: target.addr,
+        relay: false,
+    };
+    let mut samples: Vec<Usage> = Vec::new();
+    let mut probe = || samples.extend(target.usage());
+    let measured = workload::run(ep, params, bar, &mut probe).await?;
+    let (cpu, rss) = match samples[..] {
+        [before, after] => (Some(after.cpu_s - before.cpu_s), Some(after.rss_bytes)),
+        _ => (None, None),
+    };
+    Ok(outcome(&measured, cpu, rss))
+}
+
+async fn run_relay(
+    relay: &relay::Relay,
+    params: &Params,
+    bar: &ProgressBar,
+) -> anyhow::Result<Outcome> {
+    let ep = Endpoint {
+        addr: relay.addr,
+        relay: true,
+    };
+    let mut samples = Vec::new();
+    let mut probe = || samples.push(local::threads_cpu(relay::THREAD_NAME));
+    let measured = workload::run(ep, params, bar, &mut probe).await?;
+    let cpu = match samples[..] {
+        [before, after] => Some(after - before),
+        _ => None,
+    };
+    Ok(outcome(&measured, cpu, None))
+}
+
+/// Runs `breadboard bench`.
+///
+/// # Errors
+/// Bad flags, a broker that cannot be started or reached, or messages lost (after the report
+/// is printed).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Conns(conns)) = args.command {
+        return conns::run(conns).await;
+    }
+    let a = args.run;
+    anyhow::ensure!(
+        a.size >= payload::MIN_SIZE,
+        "--size must be at least {} bytes (the stamp)",
+        payload::MIN_SIZE
+    );
+    anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    let msgs = match a.rate {
+        Some(rate) => {
+            anyhow::ensure!(rate > 0.0, "--rate must be more than 0");
+            (rate * a.duration).round() as u64
+        }
+        None => a.msgs,
+    };
+    anyhow::ensure!(msgs > 0, "nothing to publish");
+    let encoding = Encoding::from(a.encoding);
+    let params = Params {
+        pubs: a.pubs,
+        subs: a.subs,
+        msgs,
+        size: a.size,
+        encoding,
+        window: a.window,
+        rate: a.rate,
+        timeout: Duration::try_from_secs_f64(a.timeout).context("--timeout")?,
+    };
+    let target = Target::open(&a.target).await?;
+    let relay = match a.baseline {
+        Some(Baseline::Relay) => Some(relay::Relay::start(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            a.relay_writes,
+        )?),
+        None => None,
+    };
+
+    let expected = msgs * a.subs as u64;
+    let mut broker_runs = Vec::new();
+    let mut relay_runs = Vec::new();
+    for i in 1..=a.runs {
+        let bar = progress_bar(expected, &format!("broker {i}/{}", a.runs), a.json);
+        broker_runs.push(run_broker(&target, &params, &bar).await?);
+        bar.finish_and_clear();
+        if let Some(relay) = &relay {
+            let bar = progress_bar(expected, &format!("relay {i}/{}", a.runs), a.json);
+            relay_runs.push(run_relay(relay, &params, &bar).await?);
+            bar.finish_and_clear();
+        }
+    }
+    drop(relay);
+
+    let workload = Workload {
+        mode: if a.rate.is_some() {
+            "latency"
+        } else {
+            "throughput"
+        },
+        encoding: encoding.as_str(),
+        pubs: a.pubs,
+        subs: a.subs,
+        msgs,
+        size: a.size,
+        rate: a.rate,
+        runs: a.runs,
+        window: a.window,
+        relay_writes: a.baseline.map(|_| a.relay_writes),
+    };
+    let report = Report::new(workload, broker_runs, relay_runs);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if report.lossy() {
+        anyhow::bail!(
+            "messages were lost: broker {}, relay {}",
+            report.broker.lost,
+            report.relay.as_ref().map_or(0, |r| r.lost)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `breadboard bench` end to end: it starts its own broker, runs a small workload, and reports
+//! it as JSON. Only that nothing is lost and that the report is well formed is checked here;
+//! the numbers themselves belong to the bench, not to tests.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::Proc;
+
+/// Runs `breadboard <args>` to the end (killed if it takes longer than `limit`); returns its
+/// exit success and stdout.
+fn run(args: &[&str], limit: Duration) -> (bool, String) {
+    let mut proc = Proc::start(args);
+    let status = proc.wait_exit(limit).unwrap_or_else(|| {
+        panic!(
+            "`breadboard {}` did not finish in {limit:?}",
+            args.join(" ")
+        )
+    });
+    let mut out = String::new();
+    while let Some(line) = proc.line(Duration::from_millis(500)) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    (status.success(), out)
+}
+
+#[test]
+fn throughput_run_loses_nothing_and_reports_json() {
+    let started = Instant::now();
+    let (ok, out) = run(
+        &["bench", "--msgs", "2000", "--subs", "2", "--json"],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "bench failed after {:?}: {out}", started.elapsed());
+    let report: Value = serde_json::from_str(&out).expect("the report is JSON");
+    assert_eq!(report["workload"]["mode"], "throughput");
+    assert_eq!(report["workload"]["subs"], 2);
+    let broker = &report["broker"];
+    assert_eq!(broker["published"], 2000);
+    assert_eq!(broker["expected"], 4000);
+    assert_eq!(broker["delivered"], 4000);
+    assert_eq!(broker["lost"], 0);
+    assert_eq!(broker["duplicates"], 0);
+    assert!(broker["delivery_rate"].as_f64().is_some_and(|r| r > 0.0));
+    // The broker is a local child: its CPU time and memory are read from /proc.
+    assert!(broker["cpu_s"].is_number());
+    assert!(broker["rss_bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(report["relay"].is_null());
+    assert_eq!(report["broker_runs"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn relay_baseline_and_latency_mode_report_percentiles() {
+    let (ok, out) = run(
+        &[
+            "bench",
+            "--rate",
+            "1000",
+            "--duration",
+            "0.5",
+            "--baseline",
+            "relay",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "bench failed: {out}");
+    let report: Value = serde_json::from_str(&out).expect("the report is JSON");
+    assert_eq!(report["workload"]["mode"], "latency");
+    for target in ["broker", "relay"] {
+        let o = &report[target];
+        assert_eq!(o["lost"], 0, "{target}");
+        assert_eq!(o["delivered"], 500, "{target}");
+        let latency = &o["latency"];
+        assert_eq!(latency["count"], 500, "{target}");
+        let p50 = latency["p50_us"].as_f64().unwrap();
+        let max = latency["max_us"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= max, "{target}: {latency}");
+    }
+    assert!(report["ratio"].is_number());
+}
+
+#[test]
+fn idle_connections_report_memory_per_connection() {
+    let (ok, out) = run(
+        &[
+            "bench", "conns", "--count", "50", "--settle", "0.1", "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "bench conns failed: {out}");
+    let report: Value = serde_json::from_str(&out).expect("the report is JSON");
+    assert_eq!(report["connected"], 50);
+    assert!(report["rss_after"].as_u64().is_some_and(|b| b > 0));
+    assert!(report["rss_per_conn"].is_number());
+}
