@@ -2,6 +2,8 @@
 
 mod bench;
 mod broker;
+mod circuit;
 mod clients;
 mod common;
 mod dashboard;
+mod lan;

@@ -12,6 +12,7 @@
 //!   [`runtime::BrokerSource`].
 //! - [`kinds`]: the built-in kinds (clock, pin, buzzer), registered by name for the CLI.
 //! - [`backoff`]: the reconnection delays.
+//! - [`discovery`]: mDNS/DNS-SD: brokers and nodes advertise themselves and find one another.
 //!
 //! ```text
 //!  your Node ──hooks──► Context ──► Client ══ WebSocket (MessagePack) ══► broker
@@ -26,6 +27,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod discovery;
 mod error;
 pub mod kinds;
 pub mod node;

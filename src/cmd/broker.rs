@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
+use nodes::discovery::{self, Advert};
 
 /// Flags of `breadboard broker`.
 #[derive(clap::Args, Debug)]
@@ -35,9 +36,8 @@ pub struct Args {
     /// Seconds between publications of `$SYS/broker/stats`; 0 turns them off.
     #[arg(long, default_value_t = 10.0)]
     pub stats_interval: f64,
-    /// Do not advertise over mDNS/DNS-SD (no mDNS daemon is created at all).
-    #[arg(long)]
-    pub no_mdns: bool,
+    #[command(flatten)]
+    pub mdns: super::MdnsArgs,
 }
 
 /// The machine's host name, the broker's default name.
@@ -72,6 +72,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats_interval: (!stats.is_zero()).then_some(stats),
         ..broker::Config::default()
     };
+    // Interfaces are checked before anything is bound: a typo fails at once.
+    let mdns = args.mdns.start()?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
@@ -79,7 +81,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Scripts and tests read this line to find the port.
     println!("listening on ws://{addr}");
     std::io::stdout().flush()?;
+    if let Some(mdns) = &mdns {
+        let advert = Advert {
+            service_type: discovery::BROKER_TYPE,
+            name: config.name.clone(),
+            port: addr.port(),
+            txt: discovery::broker_txt(&config.name),
+        };
+        let fullname = mdns.advertise(&advert)?;
+        tracing::info!(%fullname, "advertised over mDNS");
+    }
     let shutdown = super::shutdown_on_signal();
-    broker::run(listener, config, shutdown).await?;
+    let served = broker::run(listener, config, shutdown).await;
+    if let Some(mdns) = mdns {
+        // Goodbye packets: peers see the broker leave in about a second, not 120 s.
+        mdns.shutdown().await;
+    }
+    served?;
     Ok(())
 }

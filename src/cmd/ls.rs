@@ -1,9 +1,482 @@
-//! Not built yet.
+//! `breadboard ls`: the brokers and nodes on the LAN, from mDNS/DNS-SD and from the broker's
+//! presence (`$SYS/nodes/#`).
+//!
+//! mDNS says who advertises; the broker's presence says who is connected right now. When both
+//! know a node, presence wins: a node killed with SIGKILL leaves its mDNS record behind for
+//! 120 s, but its WebSocket closes at once and the broker turns it offline. `ls` then asks mDNS
+//! to verify the stale record so that it goes too.
 
-/// Flags.
-#[derive(clap::Args)]
-pub struct Args {}
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::Context;
+use nodes::client::{Client, ConnectOptions, Messages};
+use nodes::discovery::{self, Browser, Seen, Service};
+use proto::Encoding;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Flags of `breadboard ls`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Seconds to listen before printing the table.
+    #[arg(long, default_value_t = 3.0)]
+    pub wait: f64,
+    /// Print JSON (an array; with --watch, one object per line and event).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep running and print arrivals and departures as they happen.
+    #[arg(long)]
+    pub watch: bool,
+    /// Read presence from this broker (default: the first broker found over mDNS).
+    #[arg(long, value_name = "ws://HOST:PORT")]
+    pub broker: Option<String>,
+    #[command(flatten)]
+    pub mdns: super::MdnsArgs,
+}
+
+/// A broker or a node, as `ls` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    /// `broker` or `node`.
+    pub role: &'static str,
+    /// Its name.
+    pub name: String,
+    /// `broker`, or the node's kind.
+    pub kind: String,
+    /// Where it is: `ip:port` for a broker, the IP (or presence's `ip:port`) for a node.
+    pub addr: String,
+    /// For a node, the broker it uses.
+    pub broker: String,
+    /// Unix milliseconds since it is online (presence), else since `ls` first saw it.
+    pub since_ms: u64,
+    /// Whether it is there now.
+    pub online: bool,
+    /// Where `ls` learnt of it: `mdns`, `presence`, or `mdns+presence`.
+    pub via: String,
+    /// Its DNS-SD full name, if advertised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fullname: Option<String>,
+}
+
+/// What presence says of a node.
+#[derive(Debug, Clone, PartialEq)]
+struct Presence {
+    kind: String,
+    online: bool,
+    since_ms: u64,
+    addr: String,
+}
+
+/// Everything known, merged. Pure: fed events, it tells what changed.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// By DNS-SD full name.
+    mdns: BTreeMap<String, (Service, u64)>,
+    /// By node name.
+    presence: BTreeMap<String, Presence>,
+    /// The broker presence is read from.
+    presence_broker: String,
+    /// What was last reported, by (role, name), to print only changes.
+    shown: BTreeMap<(&'static str, String), Entry>,
+}
+
+/// A change to report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Arrived, or changed.
+    Up(Entry),
+    /// Left.
+    Down(Entry),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Registry {
+    /// Applies an mDNS event.
+    pub fn on_mdns(&mut self, seen: Seen) -> Vec<Change> {
+        match seen {
+            Seen::Up(service) => {
+                let first = self
+                    .mdns
+                    .get(&service.fullname)
+                    .map(|(_, t)| *t)
+                    .unwrap_or_else(now_ms);
+                self.mdns.insert(service.fullname.clone(), (service, first));
+            }
+            Seen::Down { fullname, .. } => {
+                self.mdns.remove(&fullname);
+            }
+        }
+        self.diff()
+    }
+
+    /// Applies a presence message (`$SYS/nodes/<name>`).
+    pub fn on_presence(&mut self, name: &str, data: &Value) -> Vec<Change> {
+        let presence = Presence {
+            kind: data["kind"].as_str().unwrap_or("?").to_string(),
+            online: data["online"].as_bool().unwrap_or(false),
+            since_ms: data["since"].as_u64().unwrap_or_else(now_ms),
+            addr: data["addr"].as_str().unwrap_or("").to_string(),
+        };
+        self.presence.insert(name.to_string(), presence);
+        self.diff()
+    }
+
+    /// Names the broker presence comes from.
+    pub fn set_presence_broker(&mut self, name: &str) {
+        self.presence_broker = name.to_string();
+    }
+
+    /// The mDNS full names of nodes that presence says are offline (stale records to verify).
+    pub fn stale_records(&self) -> Vec<String> {
+        self.mdns
+            .values()
+            .filter(|(s, _)| s.service_type == discovery::NODE_TYPE)
+            .filter(|(s, _)| self.presence.get(&s.name).is_some_and(|p| !p.online))
+            .map(|(s, _)| s.fullname.clone())
+            .collect()
+    }
+
+    /// Every entry, as it stands.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut out: BTreeMap<(&'static str, String), Entry> = BTreeMap::new();
+        for (service, first) in self.mdns.values() {
+            let ip = service
+                .addrs
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let broker = service.service_type == discovery::BROKER_TYPE;
+            let entry = Entry {
+                role: if broker { "broker" } else { "node" },
+                name: service.name.clone(),
+                kind: if broker {
+                    "broker".into()
+                } else {
+                    service.get("kind").unwrap_or("?").into()
+                },
+                addr: if broker {
+                    format!("{ip}:{}", service.port)
+                } else {
+                    ip
+                },
+                broker: service.get("broker").unwrap_or("").into(),
+                since_ms: *first,
+                online: true,
+                via: "mdns".into(),
+                fullname: Some(service.fullname.clone()),
+            };
+            out.insert((entry.role, entry.name.clone()), entry);
+        }
+        for (name, p) in &self.presence {
+            let entry = out.entry(("node", name.clone())).or_insert_with(|| Entry {
+                role: "node",
+                name: name.clone(),
+                kind: p.kind.clone(),
+                addr: p.addr.clone(),
+                broker: String::new(),
+                since_ms: p.since_ms,
+                online: p.online,
+                via: String::new(),
+                fullname: None,
+            });
+            entry.via = if entry.fullname.is_some() {
+                "mdns+presence"
+            } else {
+                "presence"
+            }
+            .into();
+            entry.online = p.online;
+            entry.since_ms = p.since_ms;
+            if entry.broker.is_empty() {
+                entry.broker = self.presence_broker.clone();
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// What changed since the last call.
+    fn diff(&mut self) -> Vec<Change> {
+        let now: BTreeMap<_, _> = self
+            .entries()
+            .into_iter()
+            .filter(|e| e.online)
+            .map(|e| ((e.role, e.name.clone()), e))
+            .collect();
+        let mut changes = Vec::new();
+        for (key, old) in &self.shown {
+            if !now.contains_key(key) {
+                changes.push(Change::Down(old.clone()));
+            }
+        }
+        for (key, entry) in &now {
+            let moved = self.shown.get(key).is_none_or(|old| {
+                old.addr != entry.addr || old.kind != entry.kind || old.broker != entry.broker
+            });
+            if moved {
+                changes.push(Change::Up(entry.clone()));
+            }
+        }
+        self.shown = now;
+        changes
+    }
+}
+
+/// Lists brokers and nodes.
+///
+/// # Errors
+/// When neither mDNS nor a broker can be used.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let wait = Duration::try_from_secs_f64(args.wait).context("--wait is not a duration")?;
+    let discovery = args.mdns.start()?;
+    anyhow::ensure!(
+        discovery.is_some() || args.broker.is_some(),
+        "with --no-mdns, give --broker ws://host:port to read presence from"
+    );
+    let (mut brokers, mut nodes) = match &discovery {
+        Some(d) => (
+            Some(d.browse(discovery::BROKER_TYPE)?),
+            Some(d.browse(discovery::NODE_TYPE)?),
+        ),
+        None => (None, None),
+    };
+    let mut registry = Registry::default();
+    let mut presence: Option<(Client, Messages, Option<String>)> = None;
+    if let Some(url) = &args.broker {
+        presence = Some(connect_presence(url, None).await?);
+        registry.set_presence_broker(url);
+    }
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    let shutdown = super::shutdown_on_signal();
+
+    loop {
+        let changes = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut deadline, if !args.watch => break,
+            seen = next_seen(&mut brokers) => {
+                let Some(seen) = seen else { brokers = None; continue };
+                // Read presence from the first broker that appears (unless --broker).
+                if let (Seen::Up(service), None) = (&seen, &presence) {
+                    if let Some(url) = service.broker_url() {
+                        if service.proto_version() == Some(proto::PROTOCOL_VERSION) {
+                            match connect_presence(&url, Some(service.fullname.clone())).await {
+                                Ok(p) => {
+                                    registry.set_presence_broker(&service.name);
+                                    presence = Some(p);
+                                }
+                                Err(e) => tracing::warn!(%url, error = %e, "cannot read presence"),
+                            }
+                        }
+                    }
+                }
+                registry.on_mdns(seen)
+            }
+            seen = next_seen(&mut nodes) => {
+                let Some(seen) = seen else { nodes = None; continue };
+                registry.on_mdns(seen)
+            }
+            msg = next_presence(&mut presence) => match msg {
+                Some((name, data)) => registry.on_presence(&name, &data),
+                None => {
+                    // The broker went away: ask mDNS whether it is still there.
+                    if let (Some(d), Some((_, _, Some(fullname)))) = (&discovery, &presence) {
+                        d.verify(fullname);
+                    }
+                    presence = None;
+                    if args.broker.is_some() && discovery.is_none() {
+                        anyhow::bail!("lost the connection to the broker");
+                    }
+                    continue;
+                }
+            },
+        };
+        if let Some(d) = &discovery {
+            for fullname in registry.stale_records() {
+                d.verify(&fullname);
+            }
+        }
+        if args.watch {
+            for change in changes {
+                print_change(&change, args.json)?;
+            }
+        }
+    }
+    if !args.watch {
+        let entries: Vec<Entry> = registry.entries();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&entries)?);
+        } else {
+            print_table(&entries);
+        }
+    }
+    if let Some((client, _, _)) = presence {
+        client.close().await;
+    }
+    if let Some(d) = discovery {
+        d.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn connect_presence(
+    url: &str,
+    fullname: Option<String>,
+) -> anyhow::Result<(Client, Messages, Option<String>)> {
+    let (client, messages) =
+        Client::connect(url, ConnectOptions::with_encoding(Encoding::Json)).await?;
+    client
+        .subscribe(format!("{}/nodes/+", proto::SYS_PREFIX))
+        .await?;
+    Ok((client, messages, fullname))
+}
+
+async fn next_seen(browser: &mut Option<Browser>) -> Option<Seen> {
+    match browser {
+        Some(b) => b.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_presence(
+    presence: &mut Option<(Client, Messages, Option<String>)>,
+) -> Option<(String, Value)> {
+    let Some((_, messages, _)) = presence else {
+        return std::future::pending().await;
+    };
+    loop {
+        let msg = messages.recv().await?;
+        if let Some(name) = msg.topic.as_str().rsplit('/').next() {
+            return Some((name.to_string(), msg.data));
+        }
+    }
+}
+
+fn age(since_ms: u64) -> String {
+    let secs = now_ms().saturating_sub(since_ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+fn print_table(entries: &[Entry]) {
+    let rows: Vec<[String; 7]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.role.to_string(),
+                e.name.clone(),
+                e.kind.clone(),
+                e.addr.clone(),
+                e.broker.clone(),
+                age(e.since_ms),
+                if e.online { "online" } else { "offline" }.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["ROLE", "NAME", "KIND", "ADDRESS", "BROKER", "AGE", "STATUS"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if rows.is_empty() {
+        println!("(nothing seen yet: is a broker running with mDNS on this LAN?)");
+    }
+}
+
+fn print_change(change: &Change, json: bool) -> anyhow::Result<()> {
+    let (sign, event, entry) = match change {
+        Change::Up(e) => ('+', "up", e),
+        Change::Down(e) => ('-', "down", e),
+    };
+    if json {
+        let mut value = serde_json::to_value(entry)?;
+        value["event"] = event.into();
+        value["at_ms"] = now_ms().into();
+        println!("{value}");
+    } else {
+        println!(
+            "{sign} {:<6} {:<16} {:<8} {:<21} {}",
+            entry.role, entry.name, entry.kind, entry.addr, entry.broker
+        );
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(name: &str) -> Service {
+        Service {
+            fullname: format!("{name}.{}", discovery::NODE_TYPE),
+            service_type: discovery::NODE_TYPE.into(),
+            name: name.into(),
+            addrs: vec!["10.0.0.2".parse().unwrap()],
+            port: 0,
+            txt: discovery::node_txt(name, "pin", "b").into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn mdns_arrival_and_goodbye() {
+        let mut r = Registry::default();
+        let up = r.on_mdns(Seen::Up(node("pin-1")));
+        assert!(matches!(&up[..], [Change::Up(e)] if e.name == "pin-1" && e.kind == "pin"));
+        // A repeated ServiceResolved is not a new arrival.
+        assert!(r.on_mdns(Seen::Up(node("pin-1"))).is_empty());
+        let down = r.on_mdns(Seen::Down {
+            fullname: node("pin-1").fullname,
+            service_type: discovery::NODE_TYPE.into(),
+        });
+        assert!(matches!(&down[..], [Change::Down(e)] if e.name == "pin-1"));
+    }
+
+    #[test]
+    fn presence_offline_wins_over_a_stale_mdns_record() {
+        let mut r = Registry::default();
+        r.on_mdns(Seen::Up(node("pin-1")));
+        let online = json!({"kind":"pin","online":true,"since":1,"addr":"10.0.0.2:5000"});
+        assert!(r.on_presence("pin-1", &online).is_empty());
+        let offline = json!({"kind":"pin","online":false,"since":2,"addr":"10.0.0.2:5000"});
+        let down = r.on_presence("pin-1", &offline);
+        assert!(matches!(&down[..], [Change::Down(e)] if e.name == "pin-1"));
+        assert_eq!(r.stale_records(), vec![node("pin-1").fullname]);
+        assert!(!r.entries()[0].online);
+    }
+
+    #[test]
+    fn presence_alone_lists_nodes_without_mdns() {
+        let mut r = Registry::default();
+        r.set_presence_broker("ws://127.0.0.1:8765");
+        let up = r.on_presence(
+            "clock",
+            &json!({"kind":"clock","online":true,"since":5,"addr":"127.0.0.1:4000"}),
+        );
+        assert!(
+            matches!(&up[..], [Change::Up(e)] if e.via == "presence" && e.broker == "ws://127.0.0.1:8765")
+        );
+    }
 }

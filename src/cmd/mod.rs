@@ -9,6 +9,7 @@ pub mod publish;
 pub mod req;
 pub mod sub;
 
+use nodes::discovery::Discovery;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -50,4 +51,29 @@ pub fn shutdown_on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// The mDNS flags every command that advertises or browses takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MdnsArgs {
+    /// Create no mDNS daemon at all: no advertising, no browsing, no multicast.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Limit mDNS to this interface (a name such as `eth1`, or one of its IPv4 addresses);
+    /// repeat for several. One that does not exist is an error. Default: every interface.
+    #[arg(long = "mdns-interface", value_name = "NAME|IPV4")]
+    pub interfaces: Vec<String>,
+}
+
+impl MdnsArgs {
+    /// Starts discovery unless `--no-mdns`.
+    ///
+    /// # Errors
+    /// When an interface does not exist or the daemon cannot start.
+    pub fn start(&self) -> anyhow::Result<Option<Discovery>> {
+        if self.no_mdns {
+            return Ok(None);
+        }
+        Ok(Some(Discovery::start(&self.interfaces)?))
+    }
 }

@@ -33,8 +33,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `breadboard <args>` with stdout piped (lines readable with [`Proc::line`]).
     pub fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
-            .args(args)
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts any command with stdout piped (lines readable with [`Proc::line`]).
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -42,7 +48,7 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start breadboard");
+            .expect("start a child process");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

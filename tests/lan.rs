@@ -1,0 +1,327 @@
+//! Discovery across a virtual LAN: network namespaces for the "hosts", joined by veth pairs to
+//! bridges that live in a namespace of their own. Nothing is created in the root namespace,
+//! every mDNS daemon runs inside a namespace made here, and everything is deleted by name when
+//! the test ends, even on failure.
+//!
+//! These tests need root and iproute2. Under `CI=true` they must run (a skip fails); elsewhere
+//! they skip with a visible message.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{bin, Proc};
+
+static NEXT_LAN: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this machine can build namespaces; under CI a "no" is a failure.
+fn can_build_lans(test: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let ip = Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if root && ip {
+        return true;
+    }
+    let why = format!("{test}: needs root and iproute2 (root: {root}, ip: {ip})");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}; CI=true, so this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A virtual LAN. Bridges live in namespace `<prefix>-lan`; each host is namespace
+/// `<prefix>-<host>`.
+struct Lan {
+    prefix: String,
+    lan_ns: String,
+    hosts: Vec<String>,
+}
+
+impl Lan {
+    /// A LAN with one bridge, `br0`.
+    fn new() -> Lan {
+        let prefix = format!(
+            "bbt{}n{}",
+            std::process::id(),
+            NEXT_LAN.fetch_add(1, Ordering::Relaxed)
+        );
+        let lan_ns = format!("{prefix}-lan");
+        ip(&["netns", "add", &lan_ns]);
+        let lan = Lan {
+            prefix,
+            lan_ns,
+            hosts: Vec::new(),
+        };
+        ip(&["-n", &lan.lan_ns, "link", "set", "lo", "up"]);
+        lan.add_bridge("br0");
+        lan
+    }
+
+    fn add_bridge(&self, bridge: &str) {
+        ip(&[
+            "-n",
+            &self.lan_ns,
+            "link",
+            "add",
+            bridge,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &self.lan_ns, "link", "set", bridge, "up"]);
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// Adds a host with one interface per `(bridge, interface name, address/prefix)`.
+    fn add_host(&mut self, host: &str, links: &[(&str, &str, &str)]) {
+        let ns = self.ns(host);
+        ip(&["netns", "add", &ns]);
+        self.hosts.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        // No IPv6 on the test hosts: no router solicitations or MLD reports, so the only
+        // packets on the wire are ours.
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ])
+            .status();
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ])
+            .status();
+        for (bridge, ifname, cidr) in links {
+            let outer = format!("{host}-{ifname}");
+            ip(&[
+                "-n",
+                &self.lan_ns,
+                "link",
+                "add",
+                &outer,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ifname,
+                "netns",
+                &ns,
+            ]);
+            ip(&[
+                "-n",
+                &self.lan_ns,
+                "link",
+                "set",
+                &outer,
+                "master",
+                bridge,
+                "up",
+            ]);
+            ip(&["-n", &ns, "addr", "add", cidr, "dev", ifname]);
+            ip(&["-n", &ns, "link", "set", ifname, "up"]);
+        }
+    }
+
+    /// Starts `breadboard <args>` in `host`.
+    fn start(&self, host: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(host), bin()])
+            .args(args);
+        Proc::spawn(cmd)
+    }
+
+    /// Runs `breadboard <args>` in `host` to completion (bounded); returns stdout.
+    fn run(&self, host: &str, args: &[&str], limit: Duration) -> String {
+        let mut proc = self.start(host, args);
+        let status = proc
+            .wait_exit(limit)
+            .unwrap_or_else(|| panic!("breadboard {} did not finish in {limit:?}", args.join(" ")));
+        let mut out = String::new();
+        while let Some(line) = proc.line(Duration::from_millis(100)) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        assert!(
+            status.success(),
+            "breadboard {} failed: {status}\n{out}",
+            args.join(" ")
+        );
+        out
+    }
+
+    /// Packets sent by `host` on `ifname` so far.
+    fn tx_packets(&self, host: &str, ifname: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "cat"])
+            .arg(format!("/sys/class/net/{ifname}/statistics/tx_packets"))
+            .output()
+            .expect("read interface statistics");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a packet count")
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.lan_ns)) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `ls --json` output, parsed.
+fn ls(lan: &Lan, host: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["ls", "--json", "--wait", "3"];
+    args.extend_from_slice(extra);
+    let out = lan.run(host, &args, Duration::from_secs(20));
+    serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("ls --json: {e}\n{out}"))
+}
+
+fn names(entries: &[Value], role: &str) -> Vec<String> {
+    let mut names: Vec<String> = entries
+        .iter()
+        .filter(|e| e["role"] == role && e["online"] == true)
+        .filter_map(|e| e["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn mdns_interface_keeps_traffic_off_other_interfaces() {
+    if !can_build_lans("mdns_interface_keeps_traffic_off_other_interfaces") {
+        return;
+    }
+    let mut lan = Lan::new();
+    lan.add_bridge("br1");
+    lan.add_host(
+        "d",
+        &[
+            ("br0", "lan0", "10.77.0.4/24"),
+            ("br1", "lan1", "10.78.0.4/24"),
+        ],
+    );
+    lan.add_host("e", &[("br0", "lan0", "10.77.0.5/24")]);
+    lan.add_host("f", &[("br1", "lan0", "10.78.0.6/24")]);
+
+    // A name that does not exist is refused at start-up, before any daemon exists.
+    let mut bad = lan.start("d", &["broker", "--mdns-interface", "nosuch0"]);
+    let status = bad
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits at once");
+    assert!(!status.success(), "an unknown --mdns-interface must fail");
+
+    let broker = lan.start(
+        "d",
+        &[
+            "broker",
+            "--name",
+            "only-on-br0",
+            "--mdns-interface",
+            "lan0",
+        ],
+    );
+    broker.expect_line("listening on ws://");
+    // mdns-sd joins the multicast group on every interface when its daemon starts, before
+    // any restriction applies (IGMP reports on lan1; see shared notes). Past that start-up
+    // moment, nothing may leave on lan1, even while a host on br1 asks for brokers.
+    std::thread::sleep(Duration::from_millis(2500));
+    let lan1_before = lan.tx_packets("d", "lan1");
+    let lan0_before = lan.tx_packets("d", "lan0");
+    let (seen_on_br0, seen_on_br1) = std::thread::scope(|s| {
+        let on_br0 = s.spawn(|| ls(&lan, "e", &[]));
+        let on_br1 = s.spawn(|| ls(&lan, "f", &[]));
+        (
+            on_br0.join().expect("ls on br0"),
+            on_br1.join().expect("ls on br1"),
+        )
+    });
+    let lan1_sent = lan.tx_packets("d", "lan1") - lan1_before;
+    let lan0_sent = lan.tx_packets("d", "lan0") - lan0_before;
+    eprintln!("packets sent by the broker host while both bridges asked: lan0 {lan0_sent}, lan1 {lan1_sent}");
+    assert_eq!(names(&seen_on_br0, "broker"), vec!["only-on-br0"]);
+    assert!(
+        names(&seen_on_br1, "broker").is_empty(),
+        "the broker leaked onto br1: {seen_on_br1:?}"
+    );
+    assert!(lan0_sent > 0, "the broker answered nothing on lan0");
+    assert_eq!(lan1_sent, 0, "the broker host sent packets on lan1");
+    drop(broker);
+}
+
+#[test]
+fn ls_lists_a_broker_advertised_on_another_host() {
+    if !can_build_lans("ls_lists_a_broker_advertised_on_another_host") {
+        return;
+    }
+    let mut lan = Lan::new();
+    lan.add_host("a", &[("br0", "lan0", "10.77.0.1/24")]);
+    lan.add_host("c", &[("br0", "lan0", "10.77.0.3/24")]);
+    let started = Instant::now();
+    let broker = lan.start("a", &["broker", "--name", "alpha"]);
+    broker.expect_line("listening on ws://");
+    let mut watch = lan.start("c", &["ls", "--watch", "--json"]);
+    let line = watch.expect_line("\"alpha\"");
+    let event: Value = serde_json::from_str(&line).expect("a JSON event");
+    assert_eq!(event["event"], "up");
+    assert_eq!(event["role"], "broker");
+    assert_eq!(event["addr"], "10.77.0.1:8765");
+    eprintln!(
+        "broker start to seen by ls --watch: {:?}",
+        started.elapsed()
+    );
+
+    // A graceful stop sends goodbyes: ls sees the departure in about a second.
+    let stopped = Instant::now();
+    broker.terminate();
+    let line = watch.expect_line("\"down\"");
+    assert!(line.contains("\"alpha\""), "{line}");
+    eprintln!(
+        "broker SIGTERM to departure in ls --watch: {:?}",
+        stopped.elapsed()
+    );
+    watch.terminate();
+    let _ = watch.wait_exit(Duration::from_secs(5));
+}
