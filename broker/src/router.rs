@@ -44,6 +44,38 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// One item of a client's outgoing queue.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A frame, already encoded.
+    Frame(WsMessage),
+    /// The retained values a new subscription replays, encoded by the writer as it sends
+    /// them. One queue slot, however many values: a replay of thousands of retained topics
+    /// does not make the subscriber look slow, and the values stay shared with the store.
+    Replay(Vec<Arc<Retained>>),
+}
+
+impl Outgoing {
+    /// Bytes this item holds in the queue (a replay shares its values with the store).
+    pub fn queued_len(&self) -> usize {
+        match self {
+            Self::Frame(msg) => msg.len(),
+            Self::Replay(_) => 0,
+        }
+    }
+
+    /// The frames to write, in `enc`.
+    pub fn into_frames(self, enc: Encoding) -> impl Iterator<Item = WsMessage> {
+        let (frame, replay) = match self {
+            Self::Frame(msg) => (Some(msg), Vec::new()),
+            Self::Replay(values) => (None, values),
+        };
+        frame
+            .into_iter()
+            .chain(replay.into_iter().map(move |r| r.frame(enc)))
+    }
+}
+
 /// The sending side of one client's bounded outgoing queue, shared by everything that delivers
 /// to that client (its own session for replies, the router for messages).
 #[derive(Debug)]
@@ -51,7 +83,7 @@ pub struct Outbox {
     id: u64,
     /// The encoding this client last used (an [`Encoding::index`]); replies and messages use it.
     encoding: AtomicU8,
-    tx: mpsc::Sender<WsMessage>,
+    tx: mpsc::Sender<Outgoing>,
     /// Bytes queued and not yet handed to the socket; bounds memory as well as frame count.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -69,7 +101,7 @@ impl Subscriber for Outbox {
 
 impl Outbox {
     /// A queue of at most `frames` frames and `max_bytes` bytes; returns the receiving end.
-    pub fn new(id: u64, frames: usize, max_bytes: usize) -> (Arc<Self>, mpsc::Receiver<WsMessage>) {
+    pub fn new(id: u64, frames: usize, max_bytes: usize) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
         let (tx, rx) = mpsc::channel(frames.max(1));
         let outbox = Self {
             id,
@@ -111,14 +143,18 @@ impl Outbox {
     /// is not keeping up: it is cut off and counted, and the frame is dropped. Returns whether
     /// the frame was queued.
     pub fn push(&self, msg: WsMessage, metrics: &Metrics) -> bool {
-        let len = msg.len();
+        self.enqueue(Outgoing::Frame(msg), metrics)
+    }
+
+    fn enqueue(&self, item: Outgoing, metrics: &Metrics) -> bool {
+        let len = item.queued_len();
         let before = self.queued_bytes.fetch_add(len, Relaxed);
         if before + len > self.max_bytes && before > 0 {
             self.queued_bytes.fetch_sub(len, Relaxed);
             self.mark_slow(metrics);
             return false;
         }
-        match self.tx.try_send(msg) {
+        match self.tx.try_send(item) {
             Ok(()) => {
                 metrics.bytes_out.fetch_add(len as u64, Relaxed);
                 true
@@ -155,9 +191,21 @@ impl Outbox {
 
 /// A retained value and who published it.
 #[derive(Debug)]
-struct Retained {
+pub struct Retained {
+    topic: TopicName,
     data: Value,
     from: Option<Arc<str>>,
+}
+
+impl Retained {
+    /// The replay frame (`retained: true`, no `reply`: a stale request is not replayed).
+    fn frame(&self, enc: Encoding) -> WsMessage {
+        let msg = MsgRef {
+            retained: true,
+            ..MsgRef::new(self.topic.as_str(), &self.data, self.from.as_deref(), None)
+        };
+        ws_message(proto::encode_msg(&msg, enc), enc)
+    }
 }
 
 /// Routing state shared by every session.
@@ -166,7 +214,7 @@ pub struct Router {
     /// Filter → subscribers.
     index: RwLock<Trie<Outbox>>,
     /// Topic → last retained value; ordered so replays come in a stable order.
-    retained: Mutex<BTreeMap<TopicName, Retained>>,
+    retained: Mutex<BTreeMap<TopicName, Arc<Retained>>>,
     /// `hello` names online → the id of the client holding each.
     names: DashMap<String, u64>,
     /// Counters, shared with the HTTP endpoints.
@@ -219,13 +267,12 @@ impl Router {
         if p.data.is_null() {
             retained.remove(p.topic);
         } else {
-            retained.insert(
-                p.topic.clone(),
-                Retained {
-                    data: p.data.clone(),
-                    from: p.from.map(Arc::from),
-                },
-            );
+            let value = Retained {
+                topic: p.topic.clone(),
+                data: p.data.clone(),
+                from: p.from.map(Arc::from),
+            };
+            retained.insert(p.topic.clone(), Arc::new(value));
         }
         self.metrics.retained.store(retained.len() as u64, Relaxed);
     }
@@ -240,13 +287,13 @@ impl Router {
             self.metrics.subscriptions.fetch_add(1, Relaxed);
         }
         let retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
-        let enc = outbox.encoding();
-        for (topic, value) in retained.iter().filter(|(t, _)| filter.matches(t)) {
-            let msg = MsgRef {
-                retained: true,
-                ..MsgRef::new(topic.as_str(), &value.data, value.from.as_deref(), None)
-            };
-            outbox.push(ws_message(proto::encode_msg(&msg, enc), enc), &self.metrics);
+        let replay: Vec<Arc<Retained>> = retained
+            .iter()
+            .filter(|(topic, _)| filter.matches(topic))
+            .map(|(_, value)| Arc::clone(value))
+            .collect();
+        if !replay.is_empty() {
+            outbox.enqueue(Outgoing::Replay(replay), &self.metrics);
         }
         added
     }
@@ -321,10 +368,12 @@ mod tests {
         })
     }
 
-    fn drain(rx: &mut mpsc::Receiver<WsMessage>) -> Vec<Value> {
+    fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Value> {
         let mut out = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            out.push(serde_json::from_slice(&m.into_data()).unwrap());
+        while let Ok(item) = rx.try_recv() {
+            for m in item.into_frames(Encoding::Json) {
+                out.push(serde_json::from_slice(&m.into_data()).unwrap());
+            }
         }
         out
     }
@@ -359,8 +408,11 @@ mod tests {
         router.subscribe(&f, &json_box);
         router.subscribe(&f, &mp_box);
         assert_eq!(publish(&router, &topic("a"), json!({"x": 1}), false), 2);
-        assert!(matches!(json_rx.try_recv(), Ok(WsMessage::Text(_))));
-        let Ok(WsMessage::Binary(b)) = mp_rx.try_recv() else {
+        assert!(matches!(
+            json_rx.try_recv(),
+            Ok(Outgoing::Frame(WsMessage::Text(_)))
+        ));
+        let Ok(Outgoing::Frame(WsMessage::Binary(b))) = mp_rx.try_recv() else {
             panic!("expected a binary frame");
         };
         let frame = proto::decode_server(&b, Encoding::MsgPack).unwrap();
@@ -393,6 +445,20 @@ mod tests {
             publish(&router, &topic("a"), json!("x".repeat(100)), false);
         }
         assert!(outbox.is_slow());
+    }
+
+    #[test]
+    fn a_replay_larger_than_the_queue_takes_one_slot() {
+        let router = Router::default();
+        for n in 0..100 {
+            publish(&router, &topic(&format!("s/{n}")), json!(n), true);
+        }
+        let (outbox, mut rx) = Outbox::new(1, 4, 1 << 20);
+        router.subscribe(&TopicFilter::new("s/#").unwrap(), &outbox);
+        assert!(!outbox.is_slow());
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 100);
+        assert!(got.iter().all(|m| m["retained"] == true));
     }
 
     #[test]

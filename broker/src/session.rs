@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::router::{ws_message, Outbox, Publication, Router};
+use crate::router::{ws_message, Outbox, Outgoing, Publication, Router};
 
 /// At most this many frames are fed to the socket before a flush.
 const WRITE_BATCH: usize = 256;
@@ -291,19 +291,21 @@ impl Session {
         self.router.unsubscribe_all(self.filters.iter(), self.id);
         self.filters.clear();
         if let Some((name, kind)) = self.name.take() {
-            self.router.release_name(&name, self.id);
+            // Offline first, then free the name: a newcomer can only take the name (and
+            // publish itself online) after our last word on it.
             self.router
                 .publish_presence(&name, &kind, false, &self.peer.to_string());
+            self.router.release_name(&name, self.id);
         }
     }
 }
 
-/// Drains the outbox into the socket: waits for one frame, feeds every frame already queued
-/// (up to [`WRITE_BATCH`]), then flushes once. On the close signal it delivers what is still
-/// queued and the close frame.
+/// Drains the outbox into the socket: waits for one item, feeds every item already queued
+/// (up to [`WRITE_BATCH`] frames), then flushes once. On the close signal it delivers what is
+/// still queued and the close frame.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
-    mut rx: mpsc::Receiver<WsMessage>,
+    mut rx: mpsc::Receiver<Outgoing>,
     outbox: Arc<Outbox>,
     mut close_rx: oneshot::Receiver<Option<CloseFrame>>,
 ) where
@@ -314,12 +316,10 @@ async fn write_loop<S>(
             close = &mut close_rx => {
                 // A slow consumer gets no backlog: it is cut off precisely for not reading it.
                 if !outbox.is_slow() {
-                    while let Ok(msg) = rx.try_recv() {
-                        let len = msg.len();
-                        if sink.feed(msg).await.is_err() {
+                    while let Ok(item) = rx.try_recv() {
+                        if write_item(&mut sink, item, &outbox).await.is_err() {
                             return;
                         }
-                        outbox.sent(len);
                     }
                 }
                 let _ = match close.ok().flatten() {
@@ -328,24 +328,43 @@ async fn write_loop<S>(
                 };
                 return;
             }
-            msg = rx.recv() => {
-                let Some(msg) = msg else { return };
-                let mut len = msg.len();
-                if sink.feed(msg).await.is_err() {
-                    return;
-                }
-                for _ in 1..WRITE_BATCH {
-                    let Ok(msg) = rx.try_recv() else { break };
-                    len += msg.len();
-                    if sink.feed(msg).await.is_err() {
-                        return;
+            item = rx.recv() => {
+                let Some(item) = item else { return };
+                let Ok(mut fed) = write_item(&mut sink, item, &outbox).await else { return };
+                while fed < WRITE_BATCH {
+                    let Ok(item) = rx.try_recv() else { break };
+                    match write_item(&mut sink, item, &outbox).await {
+                        Ok(n) => fed += n,
+                        Err(_) => return,
                     }
                 }
-                outbox.sent(len);
                 if sink.flush().await.is_err() {
                     return;
                 }
             }
         }
     }
+}
+
+/// Feeds one queued item (a frame, or every frame of a replay, flushing along the way so a
+/// long replay does not pile up in memory). Returns the number of frames fed.
+async fn write_item<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
+    item: Outgoing,
+    outbox: &Outbox,
+) -> Result<usize, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let len = item.queued_len();
+    let mut fed = 0;
+    for frame in item.into_frames(outbox.encoding()) {
+        sink.feed(frame).await?;
+        fed += 1;
+        if fed % WRITE_BATCH == 0 {
+            sink.flush().await?;
+        }
+    }
+    outbox.sent(len);
+    Ok(fed)
 }

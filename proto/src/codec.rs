@@ -91,12 +91,34 @@ fn to_bytes<T: Serialize + ?Sized>(value: &T, enc: Encoding) -> Vec<u8> {
     }
 }
 
+/// Whether the encoded value is an object (a map), judging by its first byte.
+fn is_object(bytes: &[u8], enc: Encoding) -> bool {
+    match enc {
+        Encoding::Json => bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{'),
+        // fixmap, map 16, map 32
+        Encoding::MsgPack => bytes
+            .first()
+            .is_some_and(|b| matches!(b, 0x80..=0x8f | 0xde | 0xdf)),
+    }
+}
+
 /// Decodes and validates a frame sent by a client.
 ///
 /// # Errors
 /// A [`FrameError`] with the code to send back: [`ErrorCode::BadFrame`] for anything that is not
 /// a well-formed object, [`ErrorCode::UnknownOp`], or the code of the rule the frame breaks.
 pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameError> {
+    // serde would read a struct from an array of its fields in order; frames are objects.
+    if !is_object(bytes, enc) {
+        return Err(FrameError::new(
+            None,
+            ErrorCode::BadFrame,
+            "a frame must be an object (a JSON object or a MessagePack map)",
+        ));
+    }
     let env: Envelope<'_> = from_bytes(bytes, enc).map_err(|message| {
         let id = from_bytes::<IdOnly>(bytes, enc).ok().and_then(|i| i.id);
         FrameError::new(id, ErrorCode::BadFrame, message)
@@ -254,6 +276,13 @@ mod tests {
     fn refusals_have_stable_codes_and_keep_the_id() {
         assert_eq!(code("{not json"), (None, ErrorCode::BadFrame));
         assert_eq!(code("[1,2]"), (None, ErrorCode::BadFrame));
+        // An array holding a frame's fields in order is still not an object.
+        assert_eq!(code(r#"["ping",7]"#), (None, ErrorCode::BadFrame));
+        let array = rmp_serde::to_vec(&("ping", 8)).unwrap();
+        assert_eq!(
+            decode_client(&array, Encoding::MsgPack).unwrap_err().code,
+            ErrorCode::BadFrame
+        );
         assert_eq!(code(r#"{"id":5}"#), (Some(5), ErrorCode::BadFrame));
         assert_eq!(
             code(r#"{"op":"jump","id":6}"#),

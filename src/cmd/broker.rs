@@ -74,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Interfaces are checked before anything is bound: a typo fails at once.
     let mdns = args.mdns.start()?;
+    let shutdown = super::shutdown_on_signal()?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
@@ -91,7 +92,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let fullname = mdns.advertise(&advert)?;
         tracing::info!(%fullname, "advertised over mDNS");
     }
-    let shutdown = super::shutdown_on_signal();
     let served = broker::run(listener, config, shutdown).await;
     if let Some(mdns) = mdns {
         // Goodbye packets: peers see the broker leave in about a second, not 120 s.

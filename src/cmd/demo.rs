@@ -40,7 +40,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("cannot listen on a loopback port")?;
     let url = format!("ws://{}", listener.local_addr()?);
-    let shutdown = super::shutdown_on_signal();
+    let shutdown = super::shutdown_on_signal()?;
     // The broker stops last, after the nodes said goodbye.
     let broker_stop = CancellationToken::new();
     let config = broker::Config {

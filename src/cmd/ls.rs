@@ -254,7 +254,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
-    let shutdown = super::shutdown_on_signal();
+    let shutdown = super::shutdown_on_signal()?;
 
     loop {
         let changes = tokio::select! {

@@ -24,33 +24,36 @@ pub fn init_tracing() {
         .init();
 }
 
-/// A token cancelled on Ctrl-C or SIGTERM, for graceful shutdown.
-pub fn shutdown_on_signal() -> CancellationToken {
+/// A token cancelled on Ctrl-C (SIGINT) or SIGTERM, for graceful shutdown. The handlers are
+/// installed before this returns, so a signal that arrives right after (say, as soon as a
+/// supervisor reads "listening on") is already graceful.
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     let token = CancellationToken::new();
     let cancel = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
         cancel.cancel();
     });
-    token
+    Ok(token)
 }
 
 /// The mDNS flags every command that advertises or browses takes.

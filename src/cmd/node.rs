@@ -86,7 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let name = common.name.unwrap_or_else(|| kind.default_name.to_string());
     let mut config = Config::new(name, kind.name);
     config.request_timeout = common.request_timeout;
-    let shutdown = super::shutdown_on_signal();
+    let shutdown = super::shutdown_on_signal()?;
     runtime::run(node, config, BrokerSource::fixed(common.broker), shutdown).await?;
     Ok(())
 }
