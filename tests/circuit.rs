@@ -66,7 +66,7 @@ impl<'a> Printed<'a> {
 
 /// `breadboard node <kind> --broker <url> <extra>`.
 fn node(kind: &str, url: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["node", kind, "--broker", url];
+    let mut args = vec!["node", kind, "--broker", url, "--no-mdns"];
     args.extend_from_slice(extra);
     Proc::start(&args)
 }

@@ -56,7 +56,15 @@ async fn protocol_md_python_session_runs() {
     let script = protocol_block("python");
     let broker = Broker::start(&[]);
     let url = broker.url();
-    let _pin = Proc::start(&["node", "pin", "--name", "pin-1", "--broker", &url]);
+    let _pin = Proc::start(&[
+        "node",
+        "pin",
+        "--name",
+        "pin-1",
+        "--broker",
+        &url,
+        "--no-mdns",
+    ]);
     // The pin is ready once its level is retained.
     let mut watch = Client::json(&url).await;
     watch

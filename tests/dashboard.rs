@@ -170,7 +170,7 @@ fn start_circuit(url: &str) -> Vec<Proc> {
     let node = |args: &[&str]| {
         let mut all = vec!["node"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["--broker", url]);
+        all.extend_from_slice(&["--broker", url, "--no-mdns"]);
         Proc::start(&all)
     };
     vec![

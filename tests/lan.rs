@@ -163,7 +163,8 @@ impl Lan {
     fn start(&self, host: &str, args: &[&str]) -> Proc {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(host), bin()])
-            .args(args);
+            .args(args)
+            .env_remove("BREADBOARD_NO_MDNS");
         Proc::spawn(cmd)
     }
 
@@ -324,4 +325,96 @@ fn ls_lists_a_broker_advertised_on_another_host() {
     );
     watch.terminate();
     let _ = watch.wait_exit(Duration::from_secs(5));
+}
+
+/// Waits for a line containing `needle` from `proc`, skipping older lines; returns how long it
+/// took from `since`.
+fn time_to(proc: &Proc, needle: &str, since: Instant) -> Duration {
+    proc.expect_line(needle);
+    since.elapsed()
+}
+
+/// Drops the lines `proc` printed so far.
+fn skip_lines(proc: &Proc) {
+    while proc.line(Duration::from_millis(1)).is_some() {}
+}
+
+#[test]
+fn the_circuit_finds_its_broker_across_hosts_and_follows_it() {
+    if !can_build_lans("the_circuit_finds_its_broker_across_hosts_and_follows_it") {
+        return;
+    }
+    let mut lan = Lan::new();
+    lan.add_host("a", &[("br0", "lan0", "10.77.0.1/24")]);
+    lan.add_host("b", &[("br0", "lan0", "10.77.0.2/24")]);
+    lan.add_host("c", &[("br0", "lan0", "10.77.0.3/24")]);
+
+    // The nodes come first and wait: nobody is given an address.
+    let pin = lan.start("b", &["node", "pin", "--name", "pin-1", "--seed", "11"]);
+    let buzzer = lan.start("b", &["node", "buzzer", "--name", "buzzer"]);
+    let clock = lan.start(
+        "c",
+        &[
+            "node", "clock", "--name", "clock", "--tacks", "0", "--delay", "0.2",
+        ],
+    );
+    let started = Instant::now();
+    let broker_a = lan.start("a", &["broker"]);
+    broker_a.expect_line("listening on ws://");
+    let connected = time_to(&pin, "online at ws://10.77.0.1:8765", started);
+    eprintln!("broker start to node connected (mDNS, across hosts): {connected:?}");
+    clock.expect_line("< pin-1: [");
+    buzzer.expect_line("bzzz (pin-1)");
+
+    // ls on a third host lists all four, with the broker they use.
+    let entries = ls(&lan, "c", &[]);
+    assert_eq!(names(&entries, "broker").len(), 1, "{entries:?}");
+    assert_eq!(names(&entries, "node"), vec!["buzzer", "clock", "pin-1"]);
+    let pin_entry = entries
+        .iter()
+        .find(|e| e["name"] == "pin-1")
+        .expect("pin-1");
+    assert_eq!(pin_entry["kind"], "pin");
+    assert_eq!(pin_entry["addr"], "10.77.0.2");
+
+    // The broker in A goes; a second one starts in B: the nodes move to it by themselves.
+    let mut broker_a = broker_a;
+    broker_a.terminate();
+    assert!(broker_a.wait_exit(Duration::from_secs(5)).is_some());
+    skip_lines(&clock);
+    skip_lines(&buzzer);
+    let moved = Instant::now();
+    let broker_b = lan.start("b", &["broker", "--name", "beta"]);
+    broker_b.expect_line("listening on ws://");
+    let took = time_to(&clock, "online at ws://10.77.0.2:8765", moved);
+    eprintln!("second broker start to clock moved: {took:?}");
+    clock.expect_line("< pin-1: [");
+    buzzer.expect_line("bzzz (pin-1)");
+
+    // A node killed with SIGKILL shows as gone within a few seconds, not the 120 s TTL.
+    let watch = lan.start("c", &["ls", "--watch", "--json"]);
+    watch.expect_line("\"buzzer\"");
+    let killed = Instant::now();
+    let mut buzzer = buzzer;
+    buzzer.child.kill().expect("SIGKILL the buzzer");
+    let line = loop {
+        let line = watch.expect_line("\"down\"");
+        if line.contains("\"buzzer\"") {
+            break line;
+        }
+    };
+    let gone = killed.elapsed();
+    eprintln!("node SIGKILL to departure in ls --watch: {gone:?}");
+    assert!(gone < Duration::from_secs(10), "took {gone:?}: {line}");
+
+    // A graceful exit: goodbye packets and presence.
+    let stopped = Instant::now();
+    pin.terminate();
+    let _ = watch.expect_line("\"pin-1\"");
+    eprintln!(
+        "node SIGTERM to departure in ls --watch: {:?}",
+        stopped.elapsed()
+    );
+    watch.terminate();
+    drop((watch, clock, broker_b));
 }

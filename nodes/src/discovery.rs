@@ -295,11 +295,15 @@ impl Discovery {
         let info = ServiceInfo::new(ad.service_type, name, &self.host, "", ad.port, txt)?
             .enable_addr_auto();
         let fullname = info.get_fullname().to_string();
+        // Registering a full name again updates its records (a new TXT, say).
         self.daemon.register(info)?;
-        self.registered
+        let mut registered = self
+            .registered
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(fullname.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        if !registered.contains(&fullname) {
+            registered.push(fullname.clone());
+        }
         tracing::debug!(%fullname, "advertised");
         Ok(fullname)
     }

@@ -60,7 +60,7 @@ pub fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct MdnsArgs {
     /// Create no mDNS daemon at all: no advertising, no browsing, no multicast.
-    #[arg(long)]
+    #[arg(long, env = "BREADBOARD_NO_MDNS", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_mdns: bool,
     /// Limit mDNS to this interface (a name such as `eth1`, or one of its IPv4 addresses);
     /// repeat for several. One that does not exist is an error. Default: every interface.

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{ArgMatches, Args as _, Command, FromArgMatches};
+use nodes::discovery::{self, Advert, BrokerChoice, Discovery};
 use nodes::kinds::{self, Kind};
-use nodes::runtime::{self, BrokerSource, Config};
+use nodes::runtime::{self, BrokerSource, Config, Status};
+use tokio::sync::watch;
 
 /// Flags of `breadboard node`: the kind (a subcommand) and its flags, parsed by the kind.
 #[derive(Debug)]
@@ -57,9 +59,15 @@ impl clap::Args for Args {
 /// The flags every kind takes.
 #[derive(clap::Args, Debug)]
 struct Common {
-    /// The broker's WebSocket address.
-    #[arg(short, long, env = "BREADBOARD_BROKER", default_value = nodes::DEFAULT_BROKER)]
-    broker: String,
+    /// The broker's WebSocket address. Without it the node finds a broker over mDNS (or, with
+    /// --no-mdns, uses ws://127.0.0.1:8765).
+    #[arg(short, long, env = "BREADBOARD_BROKER")]
+    broker: Option<String>,
+    /// Over mDNS, use the broker with this name (default: the first one found).
+    #[arg(long, conflicts_with = "broker")]
+    broker_name: Option<String>,
+    #[command(flatten)]
+    mdns: super::MdnsArgs,
     /// The node's name, unique on the broker (default: the kind's usual name, such as pin-1).
     #[arg(short, long)]
     name: Option<String>,
@@ -84,11 +92,89 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let common = Common::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let node = kind.build(&matches).unwrap_or_else(|e| e.exit());
     let name = common.name.unwrap_or_else(|| kind.default_name.to_string());
-    let mut config = Config::new(name, kind.name);
+    let mut config = Config::new(name.clone(), kind.name);
     config.request_timeout = common.request_timeout;
     let shutdown = super::shutdown_on_signal()?;
-    runtime::run(node, config, BrokerSource::fixed(common.broker), shutdown).await?;
-    Ok(())
+    let mdns = match &common.broker {
+        // Given an address, a node needs no discovery (it still advertises itself).
+        Some(_) if common.mdns.no_mdns => None,
+        _ => common.mdns.start()?,
+    };
+    let (source, choice) = match (&common.broker, &mdns) {
+        (Some(url), _) => (BrokerSource::fixed(url.clone()), None),
+        (None, None) => (BrokerSource::fixed(nodes::DEFAULT_BROKER), None),
+        (None, Some(mdns)) => {
+            let choice = discovery::follow_brokers(mdns, common.broker_name, shutdown.clone())?;
+            (BrokerSource::watch(urls_of(choice.clone())), Some(choice))
+        }
+    };
+    let handle = runtime::spawn(node, config, source, shutdown.clone());
+    let Some(mdns) = mdns else {
+        return Ok(handle.join().await?);
+    };
+    let mut status = handle.status.clone();
+    let join = handle.join();
+    tokio::pin!(join);
+    advertise(&mdns, &name, kind.name, "");
+    let result = loop {
+        tokio::select! {
+            result = &mut join => break result,
+            changed = status.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let now = status.borrow_and_update().clone();
+                match now {
+                    Status::Online { url } => {
+                        let broker = choice
+                            .as_ref()
+                            .and_then(|c| c.borrow().clone())
+                            .map_or(url, |c| c.name);
+                        advertise(&mdns, &name, kind.name, &broker);
+                    }
+                    // The WebSocket dropped: do not wait 120 s for the record to expire;
+                    // ask whether the broker is still there.
+                    Status::Offline => {
+                        if let Some(current) = choice.as_ref().and_then(|c| c.borrow().clone()) {
+                            mdns.verify(&current.fullname);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    // Goodbye packets: peers see the node leave in about a second.
+    mdns.shutdown().await;
+    Ok(result?)
+}
+
+/// Advertises the node over DNS-SD, or updates its TXT record (the broker it uses) when
+/// called again.
+fn advertise(mdns: &Discovery, name: &str, kind: &str, broker: &str) {
+    let advert = Advert {
+        service_type: discovery::NODE_TYPE,
+        name: name.to_string(),
+        port: 0,
+        txt: discovery::node_txt(name, kind, broker),
+    };
+    if let Err(e) = mdns.advertise(&advert) {
+        tracing::warn!(error = %e, "cannot advertise the node over mDNS");
+    }
+}
+
+/// The URLs of the brokers discovery picks, as the runtime wants them.
+fn urls_of(mut choice: watch::Receiver<Option<BrokerChoice>>) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(choice.borrow().as_ref().map(|c| c.url.clone()));
+    tokio::spawn(async move {
+        while choice.changed().await.is_ok() {
+            let url = choice.borrow_and_update().as_ref().map(|c| c.url.clone());
+            if tx.send(url).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]
@@ -119,7 +205,7 @@ mod tests {
         .unwrap();
         assert_eq!(args.kind.name, "pin");
         let common = Common::from_arg_matches(&args.matches).unwrap();
-        assert_eq!(common.broker, "ws://127.0.0.1:1");
+        assert_eq!(common.broker.as_deref(), Some("ws://127.0.0.1:1"));
         assert_eq!(common.name.as_deref(), Some("pin-2"));
         args.kind.build(&args.matches).unwrap();
         assert!(parse(&["clock", "-t", "3", "-d", "0.5"]).is_ok());

@@ -32,9 +32,12 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `breadboard <args>` with stdout piped (lines readable with [`Proc::line`]).
+    ///
+    /// These run in the root network namespace, where no mDNS daemon may exist: besides the
+    /// `--no-mdns` the tests pass, `BREADBOARD_NO_MDNS` makes sure of it.
     pub fn start(args: &[&str]) -> Proc {
         let mut cmd = Command::new(bin());
-        cmd.args(args);
+        cmd.args(args).env("BREADBOARD_NO_MDNS", "1");
         Self::spawn(cmd)
     }
 
