@@ -7,3 +7,4 @@ mod clients;
 mod common;
 mod dashboard;
 mod lan;
+mod tools;

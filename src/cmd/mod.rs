@@ -8,6 +8,7 @@ pub mod node;
 pub mod publish;
 pub mod req;
 pub mod sub;
+pub mod tool;
 
 use nodes::discovery::Discovery;
 use tokio_util::sync::CancellationToken;
