@@ -418,3 +418,31 @@ fn the_circuit_finds_its_broker_across_hosts_and_follows_it() {
     watch.terminate();
     drop((watch, clock, broker_b));
 }
+
+#[test]
+fn demo_with_lan_is_seen_from_another_host() {
+    if !can_build_lans("demo_with_lan_is_seen_from_another_host") {
+        return;
+    }
+    let mut lan = Lan::new();
+    lan.add_host("a", &[("br0", "lan0", "10.77.0.1/24")]);
+    lan.add_host("c", &[("br0", "lan0", "10.77.0.3/24")]);
+    let demo = lan.start("a", &["demo", "--lan", "--tacks", "0", "--delay", "0.2"]);
+    demo.expect_line("[ clock ] < pin-1");
+    let entries = ls(&lan, "c", &[]);
+    assert_eq!(names(&entries, "broker"), vec!["demo"]);
+    assert_eq!(names(&entries, "node"), vec!["buzzer", "clock", "pin-1"]);
+    let broker = entries
+        .iter()
+        .find(|e| e["role"] == "broker")
+        .expect("a broker");
+    assert_eq!(broker["addr"], "10.77.0.1:8765");
+    // Another host subscribes through the LAN, finding the broker by itself.
+    let sub = lan.run(
+        "c",
+        &["sub", "clock/tick", "-n", "2"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(sub.lines().count(), 2, "{sub}");
+    demo.terminate();
+}

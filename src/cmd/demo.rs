@@ -1,11 +1,12 @@
 //! `breadboard demo`: the whole circuit in one process, on loopback: a broker on a port the
 //! system picks, a clock, a pin (`pin-1`) and a buzzer. Prints their conversation and exits
 //! once the last tick is acknowledged, or fails if a tick is not acknowledged in time.
-//! No mDNS at all: nothing leaves the machine.
+//! No mDNS at all unless `--lan`: nothing leaves the machine.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use nodes::discovery::{self, Advert, Discovery};
 use nodes::kinds::buzzer::Buzzer;
 use nodes::kinds::clock::{Clock, ClockOptions};
 use nodes::kinds::pin::{Pin, PinOptions};
@@ -28,6 +29,17 @@ pub struct Args {
     /// The pin's flags.
     #[command(flatten)]
     pub pin: PinOptions,
+    /// Show the demo to the LAN: listen on every interface (port 8765, or --port) and
+    /// advertise the broker and the three nodes over mDNS, so that `breadboard ls`, `sub` or
+    /// more nodes elsewhere find it. Without it the demo stays on loopback with no mDNS.
+    #[arg(long)]
+    pub lan: bool,
+    /// With --lan, the port to listen on.
+    #[arg(short, long, default_value_t = 8765, requires = "lan")]
+    pub port: u16,
+    /// With --lan, limit mDNS to this interface (name or IPv4 address); repeatable.
+    #[arg(long = "mdns-interface", value_name = "NAME|IPV4", requires = "lan")]
+    pub mdns_interfaces: Vec<String>,
 }
 
 /// Runs the demo circuit.
@@ -36,10 +48,24 @@ pub struct Args {
 /// When the loopback port cannot be bound, a node does not come online, or a tick is not
 /// acknowledged by the pin in time.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let mdns = if args.lan {
+        Some(Discovery::start(&args.mdns_interfaces)?)
+    } else {
+        None
+    };
+    let bind = if args.lan {
+        format!("0.0.0.0:{}", args.port)
+    } else {
+        "127.0.0.1:0".to_string()
+    };
+    let listener = tokio::net::TcpListener::bind(&bind)
         .await
-        .context("cannot listen on a loopback port")?;
-    let url = format!("ws://{}", listener.local_addr()?);
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let port = listener.local_addr()?.port();
+    let url = format!("ws://127.0.0.1:{port}");
+    if let Some(mdns) = &mdns {
+        advertise_circuit(mdns, port)?;
+    }
     let shutdown = super::shutdown_on_signal()?;
     // The broker stops last, after the nodes said goodbye.
     let broker_stop = CancellationToken::new();
@@ -48,7 +74,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..broker::Config::default()
     };
     let broker = tokio::spawn(broker::run(listener, config, broker_stop.clone()));
-    println!("breadboard demo: broker on {url} (loopback only), nodes clock, pin-1, buzzer");
+    let reach = if args.lan {
+        "advertised over mDNS"
+    } else {
+        "loopback only"
+    };
+    println!("breadboard demo: broker on {url} ({reach}), nodes clock, pin-1, buzzer");
 
     let result = circuit(&args, &url, &shutdown).await;
 
@@ -59,7 +90,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "the broker task failed"),
         Err(_) => tracing::warn!("the broker did not stop in time"),
     }
+    if let Some(mdns) = mdns {
+        mdns.shutdown().await;
+    }
     result
+}
+
+/// Advertises the demo's broker and nodes, as separate processes would advertise themselves.
+fn advertise_circuit(mdns: &Discovery, port: u16) -> anyhow::Result<()> {
+    let broker = "demo";
+    mdns.advertise(&Advert {
+        service_type: discovery::BROKER_TYPE,
+        name: broker.into(),
+        port,
+        txt: discovery::broker_txt(broker),
+    })?;
+    for (name, kind) in [("clock", "clock"), ("pin-1", "pin"), ("buzzer", "buzzer")] {
+        mdns.advertise(&Advert {
+            service_type: discovery::NODE_TYPE,
+            name: name.into(),
+            port: 0,
+            txt: discovery::node_txt(name, kind, broker),
+        })?;
+    }
+    Ok(())
 }
 
 /// Pin and buzzer first, online and subscribed, then the clock until its last tick.
