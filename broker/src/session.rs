@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use proto::{ClientFrame, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::router::{ws_message, Outbox, Outgoing, Publication, Router};
 
+/// At most this many frames already read are handled before the reader looks at shutdown,
+/// cut-off and keepalive again.
+const READ_BATCH: usize = 64;
 /// At most this many frames are fed to the socket before a flush.
 const WRITE_BATCH: usize = 256;
 /// How long the writer may take to deliver the last frames and the close frame.
@@ -135,13 +138,19 @@ impl Session {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
         let mut last_seen = Instant::now();
+        // Pinned once: re-creating these futures for every frame cost more than the frame's
+        // own routing on a busy connection.
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
         let cut_off = self.outbox.cut_off().clone();
+        let cut_off = cut_off.cancelled();
+        tokio::pin!(cut_off);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     return Ending::close(CloseCode::Away, "broker shutting down");
                 }
-                _ = cut_off.cancelled() => {
+                _ = &mut cut_off => {
                     return Ending::close(CloseCode::Policy, "slow consumer: outgoing queue full");
                 }
                 _ = ping.tick() => {
@@ -152,33 +161,54 @@ impl Session {
                 }
                 frame = stream.next() => {
                     last_seen = Instant::now();
-                    match frame {
-                        Some(Ok(WsMessage::Text(text))) => {
-                            self.on_frame(text.as_bytes(), Encoding::Json);
-                        }
-                        Some(Ok(WsMessage::Binary(bytes))) => self.on_frame(&bytes, Encoding::MsgPack),
-                        Some(Ok(WsMessage::Close(_))) | None => return Ending::gone("closed by client"),
-                        // Pings are answered by tungstenite; pongs only prove liveness.
-                        Some(Ok(_)) => {}
-                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
-                        | Some(Err(WsError::Capacity(_))) => {
-                            self.router.metrics.error(ErrorCode::TooLarge);
-                            return Ending::close(CloseCode::Size, "frame far over the size limit");
-                        }
-                        Some(Err(WsError::Utf8(_))) => {
-                            return Ending::close(CloseCode::Invalid, "text frame is not UTF-8");
-                        }
-                        Some(Err(WsError::Protocol(_))) => {
-                            return Ending::close(CloseCode::Protocol, "WebSocket protocol error");
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(client = self.id, error = %e, "connection error");
-                            return Ending::gone("connection error");
+                    if let Some(ending) = self.on_message(frame) {
+                        return ending;
+                    }
+                    // Frames already read from the socket are handled right away, a bounded
+                    // number of them, before the other branches get their turn again.
+                    for _ in 1..READ_BATCH {
+                        let Some(frame) = stream.next().now_or_never() else { break };
+                        if let Some(ending) = self.on_message(frame) {
+                            return ending;
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Handles what the socket gave: a frame, an error, or its end. Returns why the session
+    /// ends, if it does.
+    fn on_message(&mut self, frame: Option<Result<WsMessage, WsError>>) -> Option<Ending> {
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => self.on_frame(text.as_bytes(), Encoding::Json),
+            Some(Ok(WsMessage::Binary(bytes))) => self.on_frame(&bytes, Encoding::MsgPack),
+            Some(Ok(WsMessage::Close(_))) | None => return Some(Ending::gone("closed by client")),
+            // Pings are answered by tungstenite; pongs only prove liveness.
+            Some(Ok(_)) => {}
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
+            | Some(Err(WsError::Capacity(_))) => {
+                self.router.metrics.error(ErrorCode::TooLarge);
+                return Some(Ending::close(
+                    CloseCode::Size,
+                    "frame far over the size limit",
+                ));
+            }
+            Some(Err(WsError::Utf8(_))) => {
+                return Some(Ending::close(CloseCode::Invalid, "text frame is not UTF-8"));
+            }
+            Some(Err(WsError::Protocol(_))) => {
+                return Some(Ending::close(
+                    CloseCode::Protocol,
+                    "WebSocket protocol error",
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(client = self.id, error = %e, "connection error");
+                return Some(Ending::gone("connection error"));
+            }
+        }
+        None
     }
 
     /// Handles one client frame; every failure becomes an `err` frame and the session goes on.
