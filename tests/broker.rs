@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -493,6 +494,23 @@ async fn retained_values_are_replayed_before_the_ok() {
         json!({"op": "msg", "topic": "ret/a", "data": 6, "from": "keeper", "retained": false})
     );
     assert_quiet(&mut s, 8).await;
+
+    // Subscribing again to a filter already held replays again, and stays one subscription.
+    s.send(json!({"op": "sub", "topic": "ret/+", "id": 9}))
+        .await;
+    let mut replay = vec![s.recv().await, s.recv().await];
+    replay.sort_by_key(|m| m["topic"].to_string());
+    assert_eq!(
+        replay,
+        [
+            replayed("ret/a", json!(6)),
+            replayed("ret/b", json!({"v": 2}))
+        ]
+    );
+    assert_eq!(s.recv().await, json!({"op": "ok", "id": 9}));
+    p.call(retain("ret/b", json!(7), 10)).await;
+    assert_eq!(s.recv().await["data"], 7);
+    assert_quiet(&mut s, 11).await;
 }
 
 #[tokio::test]
@@ -692,9 +710,12 @@ async fn presence_goes_offline_after_a_clean_close() {
 #[tokio::test]
 async fn presence_goes_offline_after_a_tcp_reset() {
     let broker = Broker::start(&[]);
-    let (mut watcher, node) = named_client(&broker, "reset").await;
+    let (mut watcher, mut node) = named_client(&broker, "reset").await;
+    sub(&mut node, "held/+", 2).await;
     node.reset();
     assert_goes_offline(&mut watcher, "reset").await;
+    // Its subscription went with it (before its presence changed): only the watcher's is left.
+    assert_eq!(broker.metric("breadboard_subscriptions").await, 1.0);
 }
 
 #[tokio::test]
@@ -750,11 +771,11 @@ async fn name_taken_while_online_and_free_once_its_holder_leaves() {
 #[tokio::test]
 async fn a_name_taken_over_as_its_holder_leaves_ends_online() {
     // The holder of a name disconnects while another client keeps asking for that name. Once
-    // the newcomer has it, its presence must say online. The broker releases the old holder's
-    // name before it publishes the old holder's offline presence, so the newcomer's online
-    // presence can land in between and be overwritten. The window is microseconds wide; the
-    // newcomer's stream of `hello`s around the close makes it likely, and the test tries a
-    // bounded number of rounds.
+    // the newcomer has it, its presence must say online. Were the old holder's name released
+    // before its offline presence is published, the newcomer's online presence could land in
+    // between and be overwritten (a bug this test found). That window is microseconds wide; the
+    // newcomer's stream of `hello`s around the close makes hitting it likely, and the test tries
+    // a bounded number of rounds.
     const ROUNDS: usize = 100;
     const BURST: u64 = 1000;
     let broker = Broker::start(&["--stats-interval", "0"]);
@@ -955,6 +976,12 @@ async fn a_bad_topic_is_refused() {
         "bad_topic",
     )
     .await;
+    // Right at the limits, and beyond ASCII, topics are fine.
+    let longest = "x".repeat(1024);
+    let deepest = vec!["a"; 32].join("/");
+    publish(&mut c, &longest, json!(1), 21).await;
+    publish(&mut c, &deepest, json!(1), 22).await;
+    publish(&mut c, "héllo/wörld/😀", json!(1), 23).await;
     still_works(&mut c, &mut other).await;
 }
 
@@ -1235,6 +1262,7 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_gets_everything() {
     let mut slow = Client::json(&url).await;
     let mut fast = Client::msgpack(&url).await;
     let mut publisher = Client::json(&url).await;
+    hello(&mut slow, "slowpoke", "pin", 1).await;
     sub(&mut slow, "flood", 1).await;
     sub(&mut fast, "flood", 1).await;
 
@@ -1286,23 +1314,88 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_gets_everything() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(connections, 2.0);
+    assert_eq!(broker.metric("breadboard_subscriptions").await, 1.0);
+    // Cut off counts as gone: its presence is offline.
+    let mut late = Client::json(&url).await;
+    late.send(json!({"op": "sub", "topic": "$SYS/nodes/slowpoke", "id": 1}))
+        .await;
+    assert_eq!(presence(&mut late, "slowpoke", true).await["online"], false);
+}
+
+#[tokio::test]
+#[ignore = "bug: retained replays bypass --outbox-bytes: a stuck client grows broker memory"]
+async fn a_stuck_client_cannot_pile_up_replays_past_its_outbox() {
+    // A client that never reads, yet keeps subscribing to a filter that matches many retained
+    // values: each subscription queues a replay. What it has queued must stay within its outbox
+    // (here 1 MiB) or it is cut off as a slow consumer; the broker's memory must not grow by
+    // many times that. 2 500 replays of 5 000 values would hold 12.5 million entries.
+    const TOPICS: u64 = 5_000;
+    const SUBS: u64 = 2_500;
+    const MAX_GROWTH: u64 = 32 << 20;
+    const SLOW: &str = "breadboard_slow_consumer_disconnects_total";
+    let broker = Broker::start(&["--stats-interval", "0", "--outbox-bytes", "1048576"]);
+    let url = broker.url();
+    let mut p = Client::json(&url).await;
+    for n in 0..TOPICS {
+        p.send(json!({"op": "pub", "topic": format!("r/{n}"), "data": n, "retain": true}))
+            .await;
+    }
+    assert_quiet(&mut p, 1).await;
+    let rss = || {
+        broker
+            .proc
+            .rss_bytes()
+            .expect("the broker's resident memory")
+    };
+    let base = rss();
+    let mut peak = base;
+
+    let mut stuck = Client::json(&url).await;
+    let sub = Message::Text(json!({"op": "sub", "topic": "r/#"}).to_string().into());
+    let mut sent = 0;
+    while sent < SUBS {
+        // Once cut off, the broker may refuse more.
+        if stuck.ws.send(sub.clone()).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if sent % 100 == 0 {
+            peak = peak.max(rss());
+        }
+    }
+    // Until the broker has read every frame, or cut the client off.
+    let frames = (TOPICS + 1 + sent) as f64;
+    for _ in 0..200 {
+        peak = peak.max(rss());
+        if broker.metric("breadboard_frames_in_total").await >= frames
+            || broker.metric(SLOW).await >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    peak = peak.max(rss());
+    let cut_off = broker.metric(SLOW).await;
+    println!(
+        "{sent} subscriptions: broker memory {} MiB -> peak {} MiB, slow consumers cut off: {cut_off}",
+        base >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak.saturating_sub(base) < MAX_GROWTH,
+        "broker memory grew by {} MiB for one stuck client with a 1 MiB outbox (cut off: {cut_off})",
+        (peak - base) >> 20
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shutdown
-
-/// How long the shutdown tests let a fresh broker install its signal handlers (a workaround
-/// for the bug `a_signal_right_after_start_is_graceful` shows; drop it once that is fixed).
-const SIGNAL_SETUP: Duration = Duration::from_millis(300);
 
 /// Stops the broker with `signal` while clients are connected: each gets a close frame with
 /// code 1001, and the process exits successfully within a generous bound (the issue asks for
 /// 2 s; the time is printed).
 async fn graceful_stop(signal: fn(&crate::common::Proc)) {
     let mut broker = Broker::start(&[]);
-    // The broker installs its signal handlers only after it prints its address (see
-    // `a_signal_right_after_start_is_graceful`); give it time, so this test is about shutdown.
-    tokio::time::sleep(SIGNAL_SETUP).await;
     let mut a = Client::json(&broker.url()).await;
     let mut b = Client::msgpack(&broker.url()).await;
     hello(&mut a, "going", "pin", 1).await;
@@ -1376,7 +1469,6 @@ async fn shutdown_does_not_wait_for_stuck_clients() {
     }
     assert_quiet(&mut publisher, 1).await;
 
-    tokio::time::sleep(SIGNAL_SETUP).await;
     let started = Instant::now();
     broker.proc.terminate();
     assert_eq!(

@@ -385,3 +385,20 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
                 .ok()
         })
 }
+
+impl Proc {
+    /// The process's resident memory in bytes (Linux `/proc/<pid>/status`, `VmRSS`), to check
+    /// that memory stays bounded. `None` where that file is not available.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+}
