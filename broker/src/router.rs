@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -49,18 +49,29 @@ pub(crate) fn unix_ms() -> u64 {
 pub enum Outgoing {
     /// A frame, already encoded.
     Frame(WsMessage),
-    /// The retained values a new subscription replays, encoded by the writer as it sends
-    /// them. One queue slot, however many values: a replay of thousands of retained topics
-    /// does not make the subscriber look slow, and the values stay shared with the store.
-    Replay(Vec<Arc<Retained>>),
+    /// The retained values a new subscription replays, in one queue slot however many they
+    /// are, so that a replay of thousands of retained topics does not make the subscriber look
+    /// slow. Each value's frames are encoded once and shared by every subscriber.
+    Replay {
+        /// The values, shared with the store.
+        values: Vec<Arc<Retained>>,
+        /// Their encoded size, counted against the client's byte budget like any frame.
+        bytes: usize,
+    },
 }
 
 impl Outgoing {
-    /// Bytes this item holds in the queue (a replay shares its values with the store).
+    /// A replay of `values`.
+    pub fn replay(values: Vec<Arc<Retained>>) -> Self {
+        let bytes = values.iter().map(|v| v.frame(Encoding::Json).len()).sum();
+        Self::Replay { values, bytes }
+    }
+
+    /// Bytes this item stands for in the queue.
     pub fn queued_len(&self) -> usize {
         match self {
             Self::Frame(msg) => msg.len(),
-            Self::Replay(_) => 0,
+            Self::Replay { bytes, .. } => *bytes,
         }
     }
 
@@ -68,7 +79,7 @@ impl Outgoing {
     pub fn into_frames(self, enc: Encoding) -> impl Iterator<Item = WsMessage> {
         let (frame, replay) = match self {
             Self::Frame(msg) => (Some(msg), Vec::new()),
-            Self::Replay(values) => (None, values),
+            Self::Replay { values, .. } => (None, values),
         };
         frame
             .into_iter()
@@ -195,16 +206,22 @@ pub struct Retained {
     topic: TopicName,
     data: Value,
     from: Option<Arc<str>>,
+    /// Its replay frame in each encoding ([`Encoding::index`]), encoded on first use.
+    frames: [OnceLock<WsMessage>; 2],
 }
 
 impl Retained {
     /// The replay frame (`retained: true`, no `reply`: a stale request is not replayed).
     fn frame(&self, enc: Encoding) -> WsMessage {
-        let msg = MsgRef {
-            retained: true,
-            ..MsgRef::new(self.topic.as_str(), &self.data, self.from.as_deref(), None)
-        };
-        ws_message(proto::encode_msg(&msg, enc), enc)
+        self.frames[enc.index()]
+            .get_or_init(|| {
+                let msg = MsgRef {
+                    retained: true,
+                    ..MsgRef::new(self.topic.as_str(), &self.data, self.from.as_deref(), None)
+                };
+                ws_message(proto::encode_msg(&msg, enc), enc)
+            })
+            .clone()
     }
 }
 
@@ -271,6 +288,7 @@ impl Router {
                 topic: p.topic.clone(),
                 data: p.data.clone(),
                 from: p.from.map(Arc::from),
+                frames: Default::default(),
             };
             retained.insert(p.topic.clone(), Arc::new(value));
         }
@@ -293,7 +311,7 @@ impl Router {
             .map(|(_, value)| Arc::clone(value))
             .collect();
         if !replay.is_empty() {
-            outbox.enqueue(Outgoing::Replay(replay), &self.metrics);
+            outbox.enqueue(Outgoing::replay(replay), &self.metrics);
         }
         added
     }
@@ -459,6 +477,27 @@ mod tests {
         let got = drain(&mut rx);
         assert_eq!(got.len(), 100);
         assert!(got.iter().all(|m| m["retained"] == true));
+    }
+
+    #[test]
+    fn replays_count_against_the_byte_budget() {
+        let router = Router::default();
+        for n in 0..100 {
+            publish(
+                &router,
+                &topic(&format!("s/{n}")),
+                json!("x".repeat(100)),
+                true,
+            );
+        }
+        let (outbox, _rx) = Outbox::new(1, 1000, 20_000);
+        let filter = TopicFilter::new("s/#").unwrap();
+        // One replay (~14 KB) fits in an empty queue; a client that never reads and keeps
+        // subscribing is cut off instead of piling up replays.
+        router.subscribe(&filter, &outbox);
+        assert!(!outbox.is_slow());
+        router.subscribe(&filter, &outbox);
+        assert!(outbox.is_slow());
     }
 
     #[test]
