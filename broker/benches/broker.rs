@@ -111,7 +111,7 @@ fn publish(c: &mut Criterion) {
                     retain: false,
                 });
                 for (_, rx) in &mut queues {
-                    while rx.try_recv().is_ok() {}
+                    while rx.try_recv().is_some() {}
                 }
                 delivered
             })

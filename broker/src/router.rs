@@ -2,14 +2,14 @@
 //! delivery of a published message to every matching subscriber.
 //!
 //! Locking: the subscription index sits behind one `RwLock`. A publish holds it for reading
-//! while it updates the retained store and queues the message (`try_send`, never waiting on a
-//! peer); a subscribe holds it for writing while it inserts the filter and queues the retained
+//! while it updates the retained store and queues the message ([`Outbox::push`], never waiting
+//! on a peer); a subscribe holds it for writing while it inserts the filter and queues the retained
 //! replay. So a message published concurrently with a subscribe reaches that subscriber exactly
 //! once, and after its retained replay: either the publish ran first (the replay shows its value)
 //! or the subscription did (the live message follows the replay). Lock order: index, then
 //! retained.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use proto::{Encoding, MsgRef, TopicFilter, TopicName};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -87,14 +87,31 @@ impl Outgoing {
     }
 }
 
-/// The sending side of one client's bounded outgoing queue, shared by everything that delivers
-/// to that client (its own session for replies, the router for messages).
+/// Items waiting for a client's writer.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    /// Set when the writer is gone: nothing can be delivered any more.
+    closed: bool,
+}
+
+/// One client's bounded outgoing queue, shared by everything that delivers to that client (its
+/// own session for replies, the router for messages); its writer holds the [`OutboxRx`].
+///
+/// A plain deque under a mutex, not a channel: the writer swaps the whole backlog out in one
+/// lock, so a busy queue costs one short critical section per item pushed and none per item
+/// written, and an idle one costs no allocation at all (a channel allocates its first block of
+/// slots up front, which is most of what an idle connection would otherwise weigh).
 #[derive(Debug)]
 pub struct Outbox {
     id: u64,
     /// The encoding this client last used (an [`Encoding::index`]); replies and messages use it.
     encoding: AtomicU8,
-    tx: mpsc::Sender<Outgoing>,
+    queue: Mutex<Queue>,
+    /// Most items queued at once.
+    max_frames: usize,
+    /// Wakes the writer when the queue stops being empty.
+    ready: Notify,
     /// Bytes queued and not yet handed to the socket; bounds memory as well as frame count.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -102,6 +119,65 @@ pub struct Outbox {
     cut_off: CancellationToken,
     /// Set once, so a slow consumer is counted once.
     slow: AtomicBool,
+}
+
+/// The receiving end of an [`Outbox`], held by the client's writer. Dropping it closes the
+/// outbox: later pushes are refused (not counted as slow).
+#[derive(Debug)]
+pub struct OutboxRx {
+    outbox: Arc<Outbox>,
+}
+
+impl OutboxRx {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.outbox
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the next item, if one is queued.
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        self.queue().items.pop_front()
+    }
+
+    /// Moves everything queued into `batch` (which should be empty), without waiting. Returns
+    /// whether anything was taken.
+    pub fn try_recv_all(&mut self, batch: &mut VecDeque<Outgoing>) -> bool {
+        let mut queue = self.queue();
+        if queue.items.is_empty() {
+            return false;
+        }
+        // Swap rather than drain: both deques keep their capacity, so a steady stream of
+        // batches allocates nothing.
+        std::mem::swap(&mut queue.items, batch);
+        true
+    }
+
+    /// Waits until something is queued, then moves everything queued into `batch` (which
+    /// should be empty). Cancel-safe: nothing is taken until it returns.
+    pub async fn recv_all(&mut self, batch: &mut VecDeque<Outgoing>) {
+        while !self.try_recv_all(batch) {
+            // A push into an empty queue stores a permit if we are not waiting yet, so a
+            // push between the check above and this wait is not missed.
+            self.outbox.ready.notified().await;
+        }
+    }
+
+    /// Gives back memory a past burst left in an emptied `batch`.
+    pub fn recycle(batch: &mut VecDeque<Outgoing>, taken: usize) {
+        if batch.capacity() > 64 && taken < batch.capacity() / 8 {
+            batch.shrink_to(taken.max(16));
+        }
+    }
+}
+
+impl Drop for OutboxRx {
+    fn drop(&mut self) {
+        let mut queue = self.queue();
+        queue.closed = true;
+        queue.items = VecDeque::new();
+    }
 }
 
 impl Subscriber for Outbox {
@@ -112,18 +188,22 @@ impl Subscriber for Outbox {
 
 impl Outbox {
     /// A queue of at most `frames` frames and `max_bytes` bytes; returns the receiving end.
-    pub fn new(id: u64, frames: usize, max_bytes: usize) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
-        let (tx, rx) = mpsc::channel(frames.max(1));
-        let outbox = Self {
+    pub fn new(id: u64, frames: usize, max_bytes: usize) -> (Arc<Self>, OutboxRx) {
+        let outbox = Arc::new(Self {
             id,
             encoding: AtomicU8::new(Encoding::Json.index() as u8),
-            tx,
+            queue: Mutex::new(Queue::default()),
+            max_frames: frames.max(1),
+            ready: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             cut_off: CancellationToken::new(),
             slow: AtomicBool::new(false),
+        });
+        let rx = OutboxRx {
+            outbox: outbox.clone(),
         };
-        (Arc::new(outbox), rx)
+        (outbox, rx)
     }
 
     /// The encoding replies and messages use for this client.
@@ -165,22 +245,28 @@ impl Outbox {
             self.mark_slow(metrics);
             return false;
         }
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                metrics.bytes_out.fetch_add(len as u64, Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.queued_bytes.fetch_sub(len, Relaxed);
-                self.mark_slow(metrics);
-                false
-            }
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.closed {
             // The session is ending; nothing to deliver to.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.queued_bytes.fetch_sub(len, Relaxed);
-                false
-            }
+            drop(queue);
+            self.queued_bytes.fetch_sub(len, Relaxed);
+            return false;
         }
+        if queue.items.len() >= self.max_frames {
+            drop(queue);
+            self.queued_bytes.fetch_sub(len, Relaxed);
+            self.mark_slow(metrics);
+            return false;
+        }
+        queue.items.push_back(item);
+        let was_empty = queue.items.len() == 1;
+        drop(queue);
+        if was_empty {
+            // Only an empty queue can have a writer waiting on it.
+            self.ready.notify_one();
+        }
+        metrics.bytes_out.fetch_add(len as u64, Relaxed);
+        true
     }
 
     /// Called by the writer once frames of `len` bytes left the queue.
@@ -386,9 +472,9 @@ mod tests {
         })
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Value> {
+    fn drain(rx: &mut OutboxRx) -> Vec<Value> {
         let mut out = Vec::new();
-        while let Ok(item) = rx.try_recv() {
+        while let Some(item) = rx.try_recv() {
             for m in item.into_frames(Encoding::Json) {
                 out.push(serde_json::from_slice(&m.into_data()).unwrap());
             }
@@ -428,9 +514,9 @@ mod tests {
         assert_eq!(publish(&router, &topic("a"), json!({"x": 1}), false), 2);
         assert!(matches!(
             json_rx.try_recv(),
-            Ok(Outgoing::Frame(WsMessage::Text(_)))
+            Some(Outgoing::Frame(WsMessage::Text(_)))
         ));
-        let Ok(Outgoing::Frame(WsMessage::Binary(b))) = mp_rx.try_recv() else {
+        let Some(Outgoing::Frame(WsMessage::Binary(b))) = mp_rx.try_recv() else {
             panic!("expected a binary frame");
         };
         let frame = proto::decode_server(&b, Encoding::MsgPack).unwrap();
@@ -480,6 +566,7 @@ mod tests {
     }
 
     #[test]
+<<<<<<< Updated upstream
     fn replays_count_against_the_byte_budget() {
         let router = Router::default();
         for n in 0..100 {
@@ -498,6 +585,31 @@ mod tests {
         assert!(!outbox.is_slow());
         router.subscribe(&filter, &outbox);
         assert!(outbox.is_slow());
+=======
+    fn a_closed_outbox_refuses_without_counting_a_slow_consumer() {
+        let (outbox, rx) = Outbox::new(1, 1, 1 << 20);
+        let metrics = Metrics::default();
+        drop(rx);
+        assert!(!outbox.push(WsMessage::text("x"), &metrics));
+        assert!(!outbox.is_slow());
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_the_whole_backlog_at_once() {
+        let (outbox, mut rx) = Outbox::new(1, 8, 1 << 20);
+        let metrics = Metrics::default();
+        let waiting = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            rx.recv_all(&mut batch).await;
+            batch.len()
+        });
+        tokio::task::yield_now().await;
+        for _ in 0..3 {
+            assert!(outbox.push(WsMessage::text("x"), &metrics));
+        }
+        let taken = waiting.await.unwrap();
+        assert!((1..=3).contains(&taken), "{taken}");
+>>>>>>> Stashed changes
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  socket ─► reader ─► proto::decode_client ─► Router (publish / subscribe / presence)
-//!                 │                                  │ try_send, never waits
+//!                 │                                  │ push, never waits
 //!                 └──── ok / err / pong ──► Outbox ◄─┘
 //!                                             │ bounded (frames and bytes)
 //!  socket ◄── feed, feed, ..., flush ◄── writer
@@ -13,7 +13,7 @@
 //! unanswered, the client is cut off as a slow consumer, or the broker shuts down. In every case
 //! its subscriptions go, its name is released and its presence turns offline (a last will).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use proto::{ClientFrame, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::router::{ws_message, Outbox, Outgoing, Publication, Router};
+use crate::router::{ws_message, Outbox, OutboxRx, Outgoing, Publication, Router};
 
 /// At most this many frames already read are handled before the reader looks at shutdown,
 /// cut-off and keepalive again.
@@ -330,23 +330,26 @@ impl Session {
     }
 }
 
-/// Drains the outbox into the socket: waits for one item, feeds every item already queued
-/// (up to [`WRITE_BATCH`] frames), then flushes once. On the close signal it delivers what is
-/// still queued and the close frame.
+/// Drains the outbox into the socket: waits until something is queued, takes everything queued
+/// at once, feeds it, flushing every [`WRITE_BATCH`] frames and at the end. On the close signal
+/// it delivers what is still queued and the close frame.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: OutboxRx,
     outbox: Arc<Outbox>,
     mut close_rx: oneshot::Receiver<Option<CloseFrame>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // What was queued, taken in one go; empty between rounds.
+    let mut batch = VecDeque::new();
     loop {
         tokio::select! {
             close = &mut close_rx => {
                 // A slow consumer gets no backlog: it is cut off precisely for not reading it.
                 if !outbox.is_slow() {
-                    while let Ok(item) = rx.try_recv() {
+                    rx.try_recv_all(&mut batch);
+                    while let Some(item) = batch.pop_front() {
                         if write_item(&mut sink, item, &outbox).await.is_err() {
                             return;
                         }
@@ -358,19 +361,25 @@ async fn write_loop<S>(
                 };
                 return;
             }
-            item = rx.recv() => {
-                let Some(item) = item else { return };
-                let Ok(mut fed) = write_item(&mut sink, item, &outbox).await else { return };
-                while fed < WRITE_BATCH {
-                    let Ok(item) = rx.try_recv() else { break };
+            () = rx.recv_all(&mut batch) => {
+                let taken = batch.len();
+                let mut fed = 0;
+                while let Some(item) = batch.pop_front() {
                     match write_item(&mut sink, item, &outbox).await {
                         Ok(n) => fed += n,
                         Err(_) => return,
+                    }
+                    if fed >= WRITE_BATCH {
+                        if sink.flush().await.is_err() {
+                            return;
+                        }
+                        fed = 0;
                     }
                 }
                 if sink.flush().await.is_err() {
                     return;
                 }
+                OutboxRx::recycle(&mut batch, taken);
             }
         }
     }
