@@ -566,7 +566,6 @@ mod tests {
     }
 
     #[test]
-<<<<<<< Updated upstream
     fn replays_count_against_the_byte_budget() {
         let router = Router::default();
         for n in 0..100 {
@@ -585,7 +584,9 @@ mod tests {
         assert!(!outbox.is_slow());
         router.subscribe(&filter, &outbox);
         assert!(outbox.is_slow());
-=======
+    }
+
+    #[test]
     fn a_closed_outbox_refuses_without_counting_a_slow_consumer() {
         let (outbox, rx) = Outbox::new(1, 1, 1 << 20);
         let metrics = Metrics::default();
@@ -609,7 +610,6 @@ mod tests {
         }
         let taken = waiting.await.unwrap();
         assert!((1..=3).contains(&taken), "{taken}");
->>>>>>> Stashed changes
     }
 
     #[test]
