@@ -16,8 +16,9 @@ pub struct Config {
     pub outbox_frames: usize,
     /// Bytes a client's outgoing queue holds before it counts as a slow consumer.
     pub outbox_bytes: usize,
-    /// Size of each connection's read buffer (tungstenite allocates it up front, so it sets
-    /// most of the memory an idle connection costs).
+    /// Size of each connection's tungstenite read buffer, which it allocates up front and keeps:
+    /// small, so that idle connections stay small. Busy connections read through a larger
+    /// chunk that exists only while data keeps coming (see `read_ahead`).
     pub read_buffer_bytes: usize,
     /// How often the broker pings an idle client; one silent for twice this is dropped.
     pub keepalive: Duration,
@@ -33,7 +34,7 @@ impl Default for Config {
             max_subscriptions: 10_000,
             outbox_frames: 8192,
             outbox_bytes: 16 << 20,
-            read_buffer_bytes: 8 * 1024,
+            read_buffer_bytes: 512,
             keepalive: Duration::from_secs(30),
             stats_interval: Some(Duration::from_secs(10)),
         }

@@ -7,6 +7,8 @@
 //!   and each client's bounded [`Outbox`](router::Outbox).
 //! - [`http`]: the dashboard, `/metrics`, `/healthz`.
 //! - [`metrics`]: the counters behind `/metrics` and `$SYS/broker/stats`.
+//! - `read_ahead`: a socket reader whose large buffer exists only while the connection is busy,
+//!   so that idle connections stay small.
 //!
 //! ```text
 //!  TcpListener ─► listener ─┬─ HTTP GET ─► http (dashboard, /metrics, /healthz)
@@ -20,6 +22,7 @@ pub mod config;
 mod http;
 pub mod listener;
 pub mod metrics;
+mod read_ahead;
 pub mod router;
 mod session;
 pub mod trie;

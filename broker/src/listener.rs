@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::read_ahead::ReadAhead;
 use crate::router::{Publication, Router};
 use crate::{http, session, Result};
 
@@ -181,7 +182,7 @@ async fn connection(
                 .max_message_size(Some(config.max_frame_bytes.saturating_mul(2)))
                 .max_frame_size(Some(config.max_frame_bytes.saturating_mul(2)));
             let ws = WebSocketStream::from_partially_read(
-                stream,
+                ReadAhead::new(stream),
                 head.rest,
                 Role::Server,
                 Some(ws_config),
