@@ -36,6 +36,15 @@ pub(crate) fn ws_message(bytes: Vec<u8>, enc: Encoding) -> WsMessage {
     }
 }
 
+/// The WebSocket message carrying a delivered message in `enc`. JSON comes out of the encoder
+/// as a `String`, so it is not checked for UTF-8 a second time as [`ws_message`] would.
+pub(crate) fn msg_frame(msg: &MsgRef<'_>, enc: Encoding) -> WsMessage {
+    match enc {
+        Encoding::Json => WsMessage::Text(proto::encode_msg_text(msg).into()),
+        Encoding::MsgPack => WsMessage::Binary(proto::encode_msg(msg, enc).into()),
+    }
+}
+
 /// Milliseconds since the Unix epoch, for presence timestamps.
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
@@ -305,7 +314,7 @@ impl Retained {
                     retained: true,
                     ..MsgRef::new(self.topic.as_str(), &self.data, self.from.as_deref(), None)
                 };
-                ws_message(proto::encode_msg(&msg, enc), enc)
+                msg_frame(&msg, enc)
             })
             .clone()
     }
@@ -353,7 +362,7 @@ impl Router {
         index.for_each_match(p.topic, |outbox| {
             let enc = outbox.encoding();
             let frame = frames[enc.index()]
-                .get_or_insert_with(|| ws_message(proto::encode_msg(&msg, enc), enc))
+                .get_or_insert_with(|| msg_frame(&msg, enc))
                 .clone();
             if outbox.push(frame, &self.metrics) {
                 delivered += 1;

@@ -202,6 +202,12 @@ pub fn encode_msg(msg: &MsgRef<'_>, enc: Encoding) -> Vec<u8> {
     to_bytes(msg, enc)
 }
 
+/// Encodes a delivered message as JSON text, ready for a WebSocket text frame: the encoder
+/// writes UTF-8 and says so, so the text needs no second check.
+pub fn encode_msg_text(msg: &MsgRef<'_>) -> String {
+    serde_json::to_string(msg).expect("JSON encoding of a frame cannot fail")
+}
+
 /// Decodes a frame sent by the broker (the client side of the protocol).
 ///
 /// # Errors
@@ -354,6 +360,10 @@ mod tests {
             reply: None,
             retained: false,
         });
+        assert_eq!(
+            encode_msg_text(&r).as_bytes(),
+            encode_msg(&r, Encoding::Json)
+        );
         for enc in Encoding::ALL {
             assert_eq!(encode_msg(&r, enc), encode_server(&frame, enc));
             assert_eq!(decode_server(&encode_msg(&r, enc), enc).unwrap(), frame);

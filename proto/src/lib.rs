@@ -17,7 +17,10 @@ pub mod codec;
 pub mod frame;
 pub mod topic;
 
-pub use codec::{decode_client, decode_server, encode_client, encode_msg, encode_server, Encoding};
+pub use codec::{
+    decode_client, decode_server, encode_client, encode_msg, encode_msg_text, encode_server,
+    Encoding,
+};
 pub use frame::{ClientFrame, ErrorCode, FrameError, Message, MsgRef, Publish, ServerFrame};
 pub use topic::{TopicError, TopicFilter, TopicName};
 
