@@ -204,7 +204,18 @@ fn progress_bar(len: u64, prefix: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-fn outcome(m: &Measured, cpu_s: Option<f64>, rss_bytes: Option<u64>) -> Outcome {
+/// CPU time of the bench client alone: this process, less the relay's threads.
+fn client_cpu() -> Option<f64> {
+    let all = local::usage(std::process::id()).ok()?.cpu_s;
+    Some(all - local::threads_cpu(relay::THREAD_NAME))
+}
+
+fn outcome(
+    m: &Measured,
+    cpu_s: Option<f64>,
+    client_cpu_s: Option<f64>,
+    rss_bytes: Option<u64>,
+) -> Outcome {
     let published: u64 = m.sent.iter().sum();
     let delivered = m.delivered();
     let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
@@ -219,6 +230,9 @@ fn outcome(m: &Measured, cpu_s: Option<f64>, rss_bytes: Option<u64>) -> Outcome 
         elapsed_s: m.elapsed_s,
         cpu_s,
         cpu_per_delivery_us: cpu_s
+            .filter(|_| delivered > 0)
+            .map(|c| c * 1e6 / delivered as f64),
+        client_cpu_per_delivery_us: client_cpu_s
             .filter(|_| delivered > 0)
             .map(|c| c * 1e6 / delivered as f64),
         rss_bytes,
@@ -236,13 +250,21 @@ async fn run_broker(
         relay: false,
     };
     let mut samples: Vec<Usage> = Vec::new();
-    let mut probe = || samples.extend(target.usage());
+    let mut client = Vec::new();
+    let mut probe = || {
+        samples.extend(target.usage());
+        client.extend(client_cpu());
+    };
     let measured = workload::run(ep, params, bar, &mut probe).await?;
     let (cpu, rss) = match samples[..] {
         [before, after] => (Some(after.cpu_s - before.cpu_s), Some(after.rss_bytes)),
         _ => (None, None),
     };
-    Ok(outcome(&measured, cpu, rss))
+    let client = match client[..] {
+        [before, after] => Some(after - before),
+        _ => None,
+    };
+    Ok(outcome(&measured, cpu, client, rss))
 }
 
 async fn run_relay(
@@ -255,13 +277,21 @@ async fn run_relay(
         relay: true,
     };
     let mut samples = Vec::new();
-    let mut probe = || samples.push(local::threads_cpu(relay::THREAD_NAME));
+    let mut client = Vec::new();
+    let mut probe = || {
+        samples.push(local::threads_cpu(relay::THREAD_NAME));
+        client.extend(client_cpu());
+    };
     let measured = workload::run(ep, params, bar, &mut probe).await?;
     let cpu = match samples[..] {
         [before, after] => Some(after - before),
         _ => None,
     };
-    Ok(outcome(&measured, cpu, None))
+    let client = match client[..] {
+        [before, after] => Some(after - before),
+        _ => None,
+    };
+    Ok(outcome(&measured, cpu, client, None))
 }
 
 /// Runs `breadboard bench`.

@@ -60,6 +60,9 @@ pub struct Outcome {
     pub cpu_s: Option<f64>,
     /// Target CPU per delivery, microseconds.
     pub cpu_per_delivery_us: Option<f64>,
+    /// The bench client's own CPU per delivery, microseconds: when it nears the target's, the
+    /// client, not the target, may be what limits the run.
+    pub client_cpu_per_delivery_us: Option<f64>,
     /// Target resident memory at the end, bytes.
     pub rss_bytes: Option<u64>,
     /// Latency percentiles (latency mode).
@@ -103,6 +106,7 @@ impl Outcome {
             elapsed_s: f(|r| r.elapsed_s),
             cpu_s: opt(|r| r.cpu_s),
             cpu_per_delivery_us: opt(|r| r.cpu_per_delivery_us),
+            client_cpu_per_delivery_us: opt(|r| r.client_cpu_per_delivery_us),
             rss_bytes: opt(|r| r.rss_bytes.map(|b| b as f64)).map(|b| b as u64),
             latency: has_latency.then(|| Latency {
                 count: runs.iter().filter_map(|r| r.latency).map(|l| l.count).sum(),
@@ -241,6 +245,11 @@ impl Report {
         row("CPU per delivery", &|o| o.cpu_per_delivery_us, |v| {
             format!("{v:.3} µs")
         });
+        row(
+            "client CPU per delivery",
+            &|o| o.client_cpu_per_delivery_us,
+            |v| format!("{v:.3} µs"),
+        );
         row("CPU", &|o| o.cpu_s, |v| format!("{v:.2} s"));
         row("RSS", &|o| o.rss_bytes.map(|b| b as f64), |v| {
             format!("{:.1} MiB", v / (1 << 20) as f64)
