@@ -216,7 +216,7 @@ fn outcome(
     client_cpu_s: Option<f64>,
     rss_bytes: Option<u64>,
 ) -> Outcome {
-    let published: u64 = m.sent.iter().sum();
+    let published = m.published;
     let delivered = m.delivered();
     let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     Outcome {

@@ -80,8 +80,10 @@ impl Params {
 /// What one run measured (the caller adds the target's CPU and memory).
 #[derive(Debug)]
 pub struct Measured {
-    /// Messages each publisher sent.
-    pub sent: Vec<u64>,
+    /// Messages each publisher was to send: what every subscriber should receive.
+    pub asked: Vec<u64>,
+    /// Messages the publishers actually wrote (less than asked when a run is cut short).
+    pub published: u64,
     /// Seconds from the start to the last publisher's last write.
     pub publish_s: f64,
     /// Seconds from the start to the last subscriber's last message.
@@ -95,7 +97,7 @@ pub struct Measured {
 impl Measured {
     /// Messages that should have been delivered, summed over subscribers.
     pub fn expected(&self) -> u64 {
-        self.sent.iter().sum::<u64>() * self.tallies.len() as u64
+        self.asked.iter().sum::<u64>() * self.tallies.len() as u64
     }
 
     /// Messages delivered, summed over subscribers.
@@ -105,7 +107,7 @@ impl Measured {
 
     /// Messages not delivered, summed over subscribers.
     pub fn lost(&self) -> u64 {
-        self.tallies.iter().map(|t| t.lost(&self.sent)).sum()
+        self.tallies.iter().map(|t| t.lost(&self.asked)).sum()
     }
 }
 
@@ -120,6 +122,8 @@ struct Shared {
     received: Vec<Padded>,
     /// Messages publishers have claimed the right to send so far.
     claimed: AtomicU64,
+    /// Messages publishers have written so far.
+    written: AtomicU64,
     window: u64,
     /// Publishers waiting for the window to open.
     waiting: AtomicUsize,
@@ -336,6 +340,7 @@ async fn publish_fast(
             seq += 1;
         }
         writer.write_all(&out).await?;
+        shared.written.fetch_add(n, SeqCst);
     }
     Ok((seq, Instant::now()))
 }
@@ -373,6 +378,7 @@ fn publish_paced(
         };
         payload::write(&mut frame, at, stamp);
         stream.write_all(&frame)?;
+        shared.written.fetch_add(1, SeqCst);
         seq += 1;
     }
     Ok((seq, Instant::now()))
@@ -409,6 +415,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         received: (0..p.subs).map(|_| Padded::default()).collect(),
         claimed: AtomicU64::new(0),
+        written: AtomicU64::new(0),
         window: p.window.max(1),
         waiting: AtomicUsize::new(0),
         opened: Notify::new(),
@@ -487,7 +494,6 @@ pub async fn run(
     }
 
     // Watch progress; stop a run that is past its deadline or stalled.
-    let mut sent = vec![0u64; p.pubs];
     let mut publish_end = start;
     let mut last = (0u64, Instant::now());
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -499,15 +505,11 @@ pub async fn run(
                 let Some(published) = published else { continue };
                 publishing -= 1;
                 match published {
-                    Ok((index, Ok((count, end)))) => {
-                        publish_end = publish_end.max(end);
-                        sent[usize::from(index)] = count;
-                    }
+                    Ok((_, Ok((_, end)))) => publish_end = publish_end.max(end),
                     Ok((index, Err(e))) => {
                         // Subscribers still expect its whole share: what it could not send
                         // shows as lost.
                         tracing::warn!(publisher = index, error = %e, "a publisher failed");
-                        sent[usize::from(index)] = p.share(usize::from(index));
                     }
                     Err(e) => anyhow::bail!("a publisher panicked: {e}"),
                 }
@@ -530,6 +532,10 @@ pub async fn run(
             }
         }
     }
+    if publishing > 0 {
+        // Cut short: the publishers that were still going count as publishing until now.
+        publish_end = Instant::now();
+    }
     progress.set_position(shared.total_received());
     let delivered_end = ends
         .iter()
@@ -538,11 +544,6 @@ pub async fn run(
         .unwrap_or_else(Instant::now);
     probe();
 
-    // A publisher stopped by the deadline sent less than its share; subscribers are held to
-    // what was asked for, so that shows as lost.
-    for (i, count) in sent.iter_mut().enumerate() {
-        *count = (*count).max(p.share(i));
-    }
     let mut latency: Option<Histogram<u64>> = None;
     let mut tallies = Vec::with_capacity(ends.len());
     for end in ends {
@@ -556,7 +557,9 @@ pub async fn run(
         drop(end.conn);
     }
     Ok(Measured {
-        sent,
+        // Subscribers are held to what was asked for: anything not sent shows as lost.
+        asked: (0..p.pubs).map(|i| p.share(i)).collect(),
+        published: shared.written.load(SeqCst),
         publish_s: (publish_end - start).as_secs_f64(),
         elapsed_s: (delivered_end - start).as_secs_f64(),
         tallies,
@@ -619,7 +622,8 @@ mod tests {
             }
         }
         let m = Measured {
-            sent: vec![10],
+            asked: vec![10],
+            published: 10,
             publish_s: 1.0,
             elapsed_s: 1.0,
             tallies: vec![full, partial],
