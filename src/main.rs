@@ -35,7 +35,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cmd::init_tracing();
+    // The demo's stdout is the circuit's conversation: keep the broker's routine logs out of it.
+    let quiet = matches!(cli.command, Command::Demo(_));
+    cmd::init_tracing(if quiet { "warn" } else { "info,mdns_sd=error" });
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {

@@ -14,11 +14,10 @@ use nodes::discovery::Discovery;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default: `info`, with mdns-sd kept quiet), so that
-/// stdout carries only what a command prints for people and scripts.
-pub fn init_tracing() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,mdns_sd=error"));
+/// Logs go to stderr, filtered by `RUST_LOG` (else by `default`), so that stdout carries only
+/// what a command prints for people and scripts.
+pub fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
