@@ -199,19 +199,9 @@ impl Client {
 
     /// The next frame, or `None` if nothing arrives within `wait` (or the connection ends).
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
-        loop {
-            let msg = tokio::time::timeout(wait, self.ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            match msg {
-                Message::Text(t) => return Some(serde_json::from_str(&t).expect("JSON frame")),
-                Message::Binary(b) => {
-                    return Some(rmp_serde::from_slice(&b).expect("MessagePack frame"))
-                }
-                Message::Close(_) => return None,
-                _ => continue,
-            }
+        match self.recv_message(wait).await? {
+            Message::Close(_) => None,
+            msg => Some(decode(&msg)),
         }
     }
 
