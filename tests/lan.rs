@@ -77,6 +77,19 @@ impl Lan {
         lan
     }
 
+    /// A LAN with one bridge and a host per `(name, n)`, its `lan0` at 10.77.0.n; `None` (the
+    /// test skips) where namespaces cannot be built.
+    fn flat(test: &str, hosts: &[(&str, u8)]) -> Option<Lan> {
+        if !can_build_lans(test) {
+            return None;
+        }
+        let mut lan = Lan::new();
+        for (host, n) in hosts {
+            lan.add_host(host, &[("br0", "lan0", &format!("10.77.0.{n}/24"))]);
+        }
+        Some(lan)
+    }
+
     fn add_bridge(&self, bridge: &str) {
         ip(&[
             "-n",
@@ -294,12 +307,12 @@ fn mdns_interface_keeps_traffic_off_other_interfaces() {
 
 #[test]
 fn ls_lists_a_broker_advertised_on_another_host() {
-    if !can_build_lans("ls_lists_a_broker_advertised_on_another_host") {
+    let Some(lan) = Lan::flat(
+        "ls_lists_a_broker_advertised_on_another_host",
+        &[("a", 1), ("c", 3)],
+    ) else {
         return;
-    }
-    let mut lan = Lan::new();
-    lan.add_host("a", &[("br0", "lan0", "10.77.0.1/24")]);
-    lan.add_host("c", &[("br0", "lan0", "10.77.0.3/24")]);
+    };
     let started = Instant::now();
     let broker = lan.start("a", &["broker", "--name", "alpha"]);
     broker.expect_line("listening on ws://");
@@ -341,13 +354,12 @@ fn skip_lines(proc: &Proc) {
 
 #[test]
 fn the_circuit_finds_its_broker_across_hosts_and_follows_it() {
-    if !can_build_lans("the_circuit_finds_its_broker_across_hosts_and_follows_it") {
+    let Some(lan) = Lan::flat(
+        "the_circuit_finds_its_broker_across_hosts_and_follows_it",
+        &[("a", 1), ("b", 2), ("c", 3)],
+    ) else {
         return;
-    }
-    let mut lan = Lan::new();
-    lan.add_host("a", &[("br0", "lan0", "10.77.0.1/24")]);
-    lan.add_host("b", &[("br0", "lan0", "10.77.0.2/24")]);
-    lan.add_host("c", &[("br0", "lan0", "10.77.0.3/24")]);
+    };
 
     // The nodes come first and wait: nobody is given an address.
     let pin = lan.start("b", &["node", "pin", "--name", "pin-1", "--seed", "11"]);
@@ -421,12 +433,12 @@ fn the_circuit_finds_its_broker_across_hosts_and_follows_it() {
 
 #[test]
 fn demo_with_lan_is_seen_from_another_host() {
-    if !can_build_lans("demo_with_lan_is_seen_from_another_host") {
+    let Some(lan) = Lan::flat(
+        "demo_with_lan_is_seen_from_another_host",
+        &[("a", 1), ("c", 3)],
+    ) else {
         return;
-    }
-    let mut lan = Lan::new();
-    lan.add_host("a", &[("br0", "lan0", "10.77.0.1/24")]);
-    lan.add_host("c", &[("br0", "lan0", "10.77.0.3/24")]);
+    };
     let demo = lan.start("a", &["demo", "--lan", "--tacks", "0", "--delay", "0.2"]);
     demo.expect_line("[ clock ] < pin-1");
     let entries = ls(&lan, "c", &[]);
