@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use proto::{Encoding, MsgRef, TopicFilter, TopicName};
+use proto::{DataRef, Encoding, MsgRef, TopicFilter, TopicName};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -333,13 +333,14 @@ pub struct Router {
     pub metrics: Arc<Metrics>,
 }
 
-/// A message to route.
+/// A message to route. Its value `D` is a `&Value`, or a [`DataRef`] that may hold the raw JSON
+/// a publisher sent (written as is to JSON subscribers).
 #[derive(Debug, Clone, Copy)]
-pub struct Publication<'a> {
+pub struct Publication<'a, D = &'a Value> {
     /// Where it was published.
     pub topic: &'a TopicName,
     /// Its value.
-    pub data: &'a Value,
+    pub data: D,
     /// The publisher's name, if it said hello.
     pub from: Option<&'a str>,
     /// Where to answer.
@@ -351,7 +352,18 @@ pub struct Publication<'a> {
 impl Router {
     /// Delivers `p` to every subscriber whose filters match its topic, once each, encoding
     /// it at most once per encoding in use. Returns the number of deliveries.
-    pub fn publish(&self, p: Publication<'_>) -> usize {
+    pub fn publish<'a, D: Into<DataRef<'a>>>(&self, p: Publication<'a, D>) -> usize {
+        self.route(Publication {
+            topic: p.topic,
+            data: p.data.into(),
+            from: p.from,
+            reply: p.reply,
+            retain: p.retain,
+        })
+    }
+
+    /// [`Router::publish`], once the value is a [`DataRef`].
+    fn route(&self, p: Publication<'_, DataRef<'_>>) -> usize {
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         if p.retain {
             self.retain(p);
@@ -374,14 +386,14 @@ impl Router {
         delivered
     }
 
-    fn retain(&self, p: Publication<'_>) {
+    fn retain(&self, p: Publication<'_, DataRef<'_>>) {
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
         if p.data.is_null() {
             retained.remove(p.topic);
         } else {
             let value = Retained {
                 topic: p.topic.clone(),
-                data: p.data.clone(),
+                data: p.data.to_value(),
                 from: p.from.map(Arc::from),
                 frames: Default::default(),
             };
@@ -530,6 +542,70 @@ mod tests {
         };
         let frame = proto::decode_server(&b, Encoding::MsgPack).unwrap();
         assert!(matches!(frame, proto::ServerFrame::Msg(m) if m.data == json!({"x": 1})));
+    }
+
+    /// Publishes a JSON `pub` frame the way a session does: its `data` as the raw text.
+    fn publish_json_frame(router: &Router, frame: &str) -> usize {
+        let Ok(proto::ClientFrameRef::Pub(p)) =
+            proto::decode_client_ref(frame.as_bytes(), Encoding::Json)
+        else {
+            panic!("not a pub: {frame}");
+        };
+        assert!(matches!(p.data, proto::Data::Raw(_)), "{frame}");
+        router.publish(Publication {
+            topic: &p.topic,
+            data: p.data.as_ref(),
+            from: None,
+            reply: None,
+            retain: p.retain,
+        })
+    }
+
+    #[test]
+    fn raw_json_reaches_both_encodings_and_clears_with_raw_null() {
+        let router = Router::default();
+        let (json_box, mut json_rx) = Outbox::new(1, 16, 1 << 20);
+        let (mp_box, mut mp_rx) = Outbox::new(2, 16, 1 << 20);
+        mp_box.set_encoding(Encoding::MsgPack);
+        let f = TopicFilter::new("a").unwrap();
+        router.subscribe(&f, &json_box);
+        router.subscribe(&f, &mp_box);
+        let frame = r#"{"op":"pub","topic":"a","data": {"y": [1, 0.1], "x": "z"},"retain":true}"#;
+        assert_eq!(publish_json_frame(&router, frame), 2);
+        let Some(Outgoing::Frame(WsMessage::Text(text))) = json_rx.try_recv() else {
+            panic!("expected a text frame");
+        };
+        assert_eq!(
+            text.as_str(),
+            r#"{"op":"msg","topic":"a","data":{"y": [1, 0.1], "x": "z"},"retained":false}"#
+        );
+        let Some(Outgoing::Frame(WsMessage::Binary(b))) = mp_rx.try_recv() else {
+            panic!("expected a binary frame");
+        };
+        let frame = proto::decode_server(&b, Encoding::MsgPack).unwrap();
+        assert!(
+            matches!(&frame, proto::ServerFrame::Msg(m) if m.data == json!({"x": "z", "y": [1, 0.1]})),
+            "{frame:?}"
+        );
+        // The retained store holds the value; a raw `null` clears it.
+        assert_eq!(router.metrics.retained.load(Relaxed), 1);
+        let (late, mut late_rx) = Outbox::new(3, 16, 1 << 20);
+        router.subscribe(&f, &late);
+        assert_eq!(
+            drain(&mut late_rx)[0]["data"],
+            json!({"x": "z", "y": [1, 0.1]})
+        );
+        publish_json_frame(
+            &router,
+            r#"{"op":"pub","topic":"a","data":null,"retain":true}"#,
+        );
+        assert_eq!(router.metrics.retained.load(Relaxed), 0);
+        publish_json_frame(
+            &router,
+            r#"{"op":"pub","topic":"a","data":7,"retain":true}"#,
+        );
+        publish_json_frame(&router, r#"{"op":"pub","topic":"a","retain":true}"#);
+        assert_eq!(router.metrics.retained.load(Relaxed), 0);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! writer task that drains the client's [`Outbox`] into the socket, many frames per flush.
 //!
 //! ```text
-//!  socket ─► reader ─► proto::decode_client ─► Router (publish / subscribe / presence)
-//!                 │                                  │ push, never waits
-//!                 └──── ok / err / pong ──► Outbox ◄─┘
+//!  socket ─► reader ─► proto::decode_client_ref ─► Router (publish / subscribe / presence)
+//!                 │                                      │ push, never waits
+//!                 └──── ok / err / pong ──► Outbox ◄─────┘
 //!                                             │ bounded (frames and bytes)
 //!  socket ◄── feed, feed, ..., flush ◄── writer
 //! ```
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use proto::{ClientFrame, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
+use proto::{ClientFrameRef, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
@@ -229,7 +229,7 @@ impl Session {
             );
             return self.reply_err(&err);
         }
-        let result = proto::decode_client(bytes, enc).and_then(|frame| self.apply(frame));
+        let result = proto::decode_client_ref(bytes, enc).and_then(|frame| self.apply(frame));
         match result {
             Ok(Some(answer)) => self.reply(&answer),
             Ok(None) => {}
@@ -238,22 +238,22 @@ impl Session {
     }
 
     /// Carries out a valid frame; returns the answer to send, if any.
-    fn apply(&mut self, frame: ClientFrame) -> Result<Option<ServerFrame>, FrameError> {
+    fn apply(&mut self, frame: ClientFrameRef<'_>) -> Result<Option<ServerFrame>, FrameError> {
         let id = frame.id();
         let ok = id.map(|id| ServerFrame::Ok { id });
         match frame {
-            ClientFrame::Pub(p) => {
+            ClientFrameRef::Pub(p) => {
                 self.router.metrics.messages_in.fetch_add(1, Relaxed);
                 self.router.publish(Publication {
                     topic: &p.topic,
-                    data: &p.data,
+                    data: p.data.as_ref(),
                     from: self.name.as_ref().map(|(n, _)| n.as_str()),
                     reply: p.reply.as_ref().map(|r| r.as_str()),
                     retain: p.retain,
                 });
                 Ok(ok)
             }
-            ClientFrame::Sub { topic, .. } => {
+            ClientFrameRef::Sub { topic, .. } => {
                 if !self.filters.contains(&topic)
                     && self.filters.len() >= self.config.max_subscriptions
                 {
@@ -270,13 +270,13 @@ impl Session {
                 self.filters.insert(topic);
                 Ok(ok)
             }
-            ClientFrame::Unsub { topic, .. } => {
+            ClientFrameRef::Unsub { topic, .. } => {
                 if self.filters.remove(&topic) {
                     self.router.unsubscribe(&topic, self.id);
                 }
                 Ok(ok)
             }
-            ClientFrame::Hello { name, kind, .. } => {
+            ClientFrameRef::Hello { name, kind, .. } => {
                 if let Some((current, _)) = &self.name {
                     return Err(FrameError::new(
                         id,
@@ -298,7 +298,7 @@ impl Session {
                 self.name = Some((name, kind));
                 Ok(ok)
             }
-            ClientFrame::Ping { id } => Ok(id.map(|id| ServerFrame::Pong { id })),
+            ClientFrameRef::Ping { id } => Ok(id.map(|id| ServerFrame::Pong { id })),
         }
     }
 

@@ -40,11 +40,20 @@ fn codec(c: &mut Criterion) {
             group.bench_function(format!("decode pub {name}"), |b| {
                 b.iter(|| proto::decode_client(black_box(&pub_bytes), enc))
             });
+            group.bench_function(format!("decode pub {name} (borrowed)"), |b| {
+                b.iter(|| proto::decode_client_ref(black_box(&pub_bytes), enc))
+            });
             group.bench_function(format!("encode pub {name}"), |b| {
                 b.iter(|| proto::encode_client(black_box(&frame), enc))
             });
             let msg = MsgRef::new("pin/pin-1/state", &data, Some("pin-1"), None);
             let msg_bytes = proto::encode_msg(&msg, enc);
+            if let Ok(proto::ClientFrameRef::Pub(p)) = proto::decode_client_ref(&pub_bytes, enc) {
+                let msg = MsgRef::new("pin/pin-1/state", p.data.as_ref(), Some("pin-1"), None);
+                group.bench_function(format!("encode msg {name} (as decoded)"), |b| {
+                    b.iter(|| proto::encode_msg(black_box(&msg), enc))
+                });
+            }
             group.bench_function(format!("encode msg {name}"), |b| {
                 b.iter(|| proto::encode_msg(black_box(&msg), enc))
             });

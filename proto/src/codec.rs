@@ -4,13 +4,23 @@
 //! Client frames are decoded through a flat, permissive envelope ([`Envelope`]) and then checked
 //! field by field, so that every refusal has a precise [`ErrorCode`] and keeps the frame's `id`
 //! whenever it can be read. Unknown fields are ignored, which leaves room to grow the protocol.
+//!
+//! A JSON `pub` can keep its `data` as the text it arrived as ([`decode_client_ref`]), so that
+//! the broker writes that text into the `msg` for JSON subscribers instead of decoding it into a
+//! `Value` and encoding it again. The text is kept only when parsing it could not have failed
+//! (`passes_as_is`); otherwise the frame is decoded the ordinary way, so what is accepted and
+//! refused, and with which error, is the same either way.
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::frame::{check_name, ClientFrame, ErrorCode, FrameError, MsgRef, Publish, ServerFrame};
+use crate::frame::{
+    check_name, ClientFrame, ClientFrameRef, Data, ErrorCode, FrameError, MsgRef, PublishRef,
+    RawJson, ServerFrame,
+};
 use crate::topic::{TopicFilter, TopicName};
 
 /// How a frame is encoded on the wire.
@@ -43,17 +53,18 @@ impl Encoding {
     }
 }
 
-/// A client frame as it arrives, before any rule is checked.
+/// A client frame as it arrives, before any rule is checked. `D` is how `data` is read: a
+/// [`Value`], or (JSON only) the raw text.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+struct Envelope<'a, D> {
     #[serde(borrow, default)]
     op: Option<Cow<'a, str>>,
     #[serde(default)]
     id: Option<u64>,
     #[serde(default)]
     topic: Option<String>,
-    #[serde(default)]
-    data: Option<Value>,
+    #[serde(default = "none")]
+    data: Option<D>,
     #[serde(default)]
     retain: Option<bool>,
     #[serde(default)]
@@ -62,6 +73,10 @@ struct Envelope<'a> {
     name: Option<String>,
     #[serde(default)]
     kind: Option<String>,
+}
+
+fn none<D>() -> Option<D> {
+    None
 }
 
 /// Only the `id`, to answer a frame that could not be decoded as a whole.
@@ -111,6 +126,20 @@ fn is_object(bytes: &[u8], enc: Encoding) -> bool {
 /// A [`FrameError`] with the code to send back: [`ErrorCode::BadFrame`] for anything that is not
 /// a well-formed object, [`ErrorCode::UnknownOp`], or the code of the rule the frame breaks.
 pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameError> {
+    decode(bytes, enc, false).map(ClientFrameRef::into_owned)
+}
+
+/// Decodes and validates a frame sent by a client, keeping a JSON `pub`'s `data` as the text it
+/// arrived as ([`Data::Raw`]) when it can. Accepts and refuses exactly what [`decode_client`]
+/// does, with the same errors.
+///
+/// # Errors
+/// As [`decode_client`].
+pub fn decode_client_ref(bytes: &[u8], enc: Encoding) -> Result<ClientFrameRef<'_>, FrameError> {
+    decode(bytes, enc, true)
+}
+
+fn decode(bytes: &[u8], enc: Encoding, raw: bool) -> Result<ClientFrameRef<'_>, FrameError> {
     // serde would read a struct from an array of its fields in order; frames are objects.
     if !is_object(bytes, enc) {
         return Err(FrameError::new(
@@ -119,10 +148,92 @@ pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameEr
             "a frame must be an object (a JSON object or a MessagePack map)",
         ));
     }
-    let env: Envelope<'_> = from_bytes(bytes, enc).map_err(|message| {
+    if raw && enc == Encoding::Json {
+        // Anything this path does not take as is (a malformed frame, data that might not
+        // parse) goes the ordinary way below, which decides and words the error.
+        // Text read as `str` is not checked for UTF-8 string by string; one check of the
+        // whole frame costs less.
+        let text = std::str::from_utf8(bytes).ok();
+        if let Some(Ok(env)) = text.map(serde_json::from_str::<Envelope<'_, &RawValue>>) {
+            if env.data.is_none_or(|d| passes_as_is(d.get())) {
+                return validate(env, |data| {
+                    Data::Raw(data.map_or(RawJson::NULL, RawJson::new_unchecked))
+                });
+            }
+        }
+    }
+    let env: Envelope<'_, Value> = from_bytes(bytes, enc).map_err(|message| {
         let id = from_bytes::<IdOnly>(bytes, enc).ok().and_then(|i| i.id);
         FrameError::new(id, ErrorCode::BadFrame, message)
     })?;
+    validate(env, |data| Data::Value(data.unwrap_or(Value::Null)))
+}
+
+/// Whether JSON text that serde_json accepted as a raw value is sure to parse into a [`Value`]
+/// too. Reading a raw value checks the syntax but, unlike parsing, not `\u` escapes (lone
+/// surrogates), numbers (an exponent or a long mantissa can overflow an `f64`) or nesting depth
+/// (limited to 128), so text with any of those is not passed as is. One pass over the bytes, no
+/// allocation: far cheaper than the parse it saves.
+fn passes_as_is(text: &str) -> bool {
+    /// A number longer than this (digits, sign, point) might not fit an `f64`.
+    const MAX_NUMBER: usize = 64;
+    /// Deeper than this is left to the parser and its limit.
+    const MAX_DEPTH: usize = 64;
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // The syntax is already checked: every string ends, every escape is complete.
+                loop {
+                    let Some(at) = memchr::memchr2(b'"', b'\\', &bytes[i + 1..]) else {
+                        return false;
+                    };
+                    i += 1 + at;
+                    if bytes[i] == b'"' {
+                        break;
+                    }
+                    if bytes[i + 1] == b'u' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'-' | b'+' | b'.' | b'0'..=b'9' | b'e' | b'E')
+                {
+                    i += 1;
+                    if matches!(bytes[i], b'e' | b'E') {
+                        return false;
+                    }
+                }
+                if i + 1 - start > MAX_NUMBER {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Checks every rule on a decoded envelope; `data` turns its `data` into [`Data`]. The one place
+/// frames are validated, whichever way `data` was read.
+fn validate<'a, D>(
+    env: Envelope<'a, D>,
+    data: impl FnOnce(Option<D>) -> Data<'a>,
+) -> Result<ClientFrameRef<'a>, FrameError> {
     let id = env.id;
     let missing = |field: &str, op: &str| {
         FrameError::new(
@@ -147,9 +258,9 @@ pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameEr
             let reply = env.reply.map(TopicName::new).transpose().map_err(|e| {
                 FrameError::new(id, ErrorCode::for_topic(&e), format!("reply: {e}"))
             })?;
-            Ok(ClientFrame::Pub(Publish {
+            Ok(ClientFrameRef::Pub(PublishRef {
                 topic,
-                data: env.data.unwrap_or(Value::Null),
+                data: data(env.data),
                 retain: env.retain.unwrap_or(false),
                 reply,
                 id,
@@ -160,9 +271,9 @@ pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameEr
             let topic = TopicFilter::new(topic)
                 .map_err(|e| FrameError::new(id, ErrorCode::BadFilter, format!("filter: {e}")))?;
             Ok(if op == "sub" {
-                ClientFrame::Sub { topic, id }
+                ClientFrameRef::Sub { topic, id }
             } else {
-                ClientFrame::Unsub { topic, id }
+                ClientFrameRef::Unsub { topic, id }
             })
         }
         "hello" => {
@@ -172,13 +283,13 @@ pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameEr
                 check_name(kind)
                     .map_err(|m| FrameError::new(id, ErrorCode::BadName, format!("kind: {m}")))?;
             }
-            Ok(ClientFrame::Hello {
+            Ok(ClientFrameRef::Hello {
                 name,
                 kind: env.kind,
                 id,
             })
         }
-        "ping" => Ok(ClientFrame::Ping { id }),
+        "ping" => Ok(ClientFrameRef::Ping { id }),
         other => Err(FrameError::new(
             id,
             ErrorCode::UnknownOp,
@@ -222,7 +333,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::frame::Message;
+    use crate::frame::{Message, Publish};
 
     fn decode_json(s: &str) -> Result<ClientFrame, FrameError> {
         decode_client(s.as_bytes(), Encoding::Json)
@@ -383,6 +494,103 @@ mod tests {
         );
     }
 
+    fn pub_ref(s: &str) -> PublishRef<'_> {
+        match decode_client_ref(s.as_bytes(), Encoding::Json).unwrap() {
+            ClientFrameRef::Pub(p) => p,
+            other => panic!("not a pub: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_data_is_kept_as_sent() {
+        let p = pub_ref(r#"{"op":"pub","topic":"a","data": {"b": [1, 2.5], "a":"x\n"} ,"id":1}"#);
+        let Data::Raw(raw) = p.data else {
+            panic!("not raw: {:?}", p.data);
+        };
+        assert_eq!(raw.get(), r#"{"b": [1, 2.5], "a":"x\n"}"#);
+        let msg = MsgRef::new("a", p.data.as_ref(), None, None);
+        assert_eq!(
+            encode_msg_text(&msg),
+            r#"{"op":"msg","topic":"a","data":{"b": [1, 2.5], "a":"x\n"},"retained":false}"#
+        );
+    }
+
+    #[test]
+    fn missing_and_null_data_are_raw_null() {
+        for s in [
+            r#"{"op":"pub","topic":"a"}"#,
+            r#"{"op":"pub","topic":"a","data":null}"#,
+        ] {
+            let p = pub_ref(s);
+            assert!(matches!(p.data, Data::Raw(_)), "{s}");
+            assert!(p.data.as_ref().is_null(), "{s}");
+            assert_eq!(p.data.into_value(), Value::Null);
+        }
+        let p = pub_ref(r#"{"op":"pub","topic":"a","data":"null"}"#);
+        assert!(!p.data.as_ref().is_null());
+    }
+
+    #[test]
+    fn messagepack_gets_raw_data_parsed_never_as_text() {
+        let p = pub_ref(r#"{"op":"pub","topic":"a","data":{"x":[1,-2,0.1,true,null]}}"#);
+        assert!(matches!(p.data, Data::Raw(_)));
+        let value = json!({"x":[1,-2,0.1,true,null]});
+        let raw = MsgRef::new("a", p.data.as_ref(), Some("p"), None);
+        let parsed = MsgRef::new("a", &value, Some("p"), None);
+        assert_eq!(
+            encode_msg(&raw, Encoding::MsgPack),
+            encode_msg(&parsed, Encoding::MsgPack)
+        );
+    }
+
+    #[test]
+    fn data_that_might_not_parse_takes_the_value_path() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let cases = [
+            r#"{"op":"pub","topic":"a","data":1e400,"id":1}"#.to_string(),
+            format!(
+                r#"{{"op":"pub","topic":"a","data":1{},"id":2}}"#,
+                "0".repeat(400)
+            ),
+            r#"{"op":"pub","topic":"a","data":"\ud800","id":3}"#.to_string(),
+            r#"{"op":"pub","topic":"a","data":"\u00e9\ud83d\ude00","id":4}"#.to_string(),
+            format!(r#"{{"op":"pub","topic":"a","data":{deep},"id":5}}"#),
+            r#"{"op":"pub","topic":"a","data":[1e3, 2E-2, 0.5e+1],"id":6}"#.to_string(),
+            r#"{"op":"pub","topic":"a","data":[1,],"id":7}"#.to_string(),
+            r#"{"op":"pub","topic":"a","data":1.7976931348623157e308,"id":8}"#.to_string(),
+        ];
+        for s in &cases {
+            let by_ref = decode_client_ref(s.as_bytes(), Encoding::Json);
+            if let Ok(ClientFrameRef::Pub(p)) = &by_ref {
+                assert!(matches!(p.data, Data::Value(_)), "{s}");
+            }
+            assert_eq!(
+                by_ref.map(ClientFrameRef::into_owned),
+                decode_client(s.as_bytes(), Encoding::Json),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn passes_as_is_spots_what_might_not_parse() {
+        for ok in [
+            "1",
+            "-0",
+            "0.1",
+            "[true,false,null]",
+            r#"{"e":"E \" 1e9"}"#,
+            r#""\\u""#,
+        ] {
+            assert!(passes_as_is(ok), "{ok}");
+        }
+        let long = "1".repeat(65);
+        let deep = "[".repeat(65);
+        for not in ["1e5", "-2E-3", r#""\u0041""#, &long, &deep] {
+            assert!(!passes_as_is(not), "{not}");
+        }
+    }
+
     fn data() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -485,6 +693,70 @@ mod tests {
             for enc in Encoding::ALL {
                 let bytes = encode_server(&frame, enc);
                 prop_assert_eq!(decode_server(&bytes, enc), Ok(frame.clone()));
+            }
+        }
+
+        #[test]
+        fn raw_data_encodes_like_its_value(
+            data in data(),
+            topic in topic(),
+            from in prop::option::of("[a-z0-9-]{1,8}"),
+        ) {
+            let frame = ClientFrame::Pub(Publish { topic, data, retain: false, reply: None, id: None });
+            let bytes = encode_client(&frame, Encoding::Json);
+            let Ok(ClientFrameRef::Pub(p)) = decode_client_ref(&bytes, Encoding::Json) else {
+                panic!("not a pub");
+            };
+            let Ok(ClientFrame::Pub(owned)) = decode_client(&bytes, Encoding::Json) else {
+                panic!("not a pub");
+            };
+            let raw = MsgRef::new(p.topic.as_str(), p.data.as_ref(), from.as_deref(), None);
+            let parsed = MsgRef::new(owned.topic.as_str(), &owned.data, from.as_deref(), None);
+            for enc in Encoding::ALL {
+                prop_assert_eq!(
+                    decode_server(&encode_msg(&raw, enc), enc),
+                    decode_server(&encode_msg(&parsed, enc), enc)
+                );
+            }
+            prop_assert_eq!(encode_msg_text(&raw).into_bytes(), encode_msg(&raw, Encoding::Json));
+            // MessagePack gets the very bytes the Value path writes.
+            prop_assert_eq!(
+                encode_msg(&raw, Encoding::MsgPack),
+                encode_msg(&parsed, Encoding::MsgPack)
+            );
+        }
+
+        #[test]
+        fn raw_data_in_any_layout_matches_the_value_path(data in data(), pretty in any::<bool>()) {
+            // Text as a person or another library might write it: spaces, newlines.
+            let text = if pretty {
+                serde_json::to_string_pretty(&data).unwrap()
+            } else {
+                serde_json::to_string(&data).unwrap()
+            };
+            let frame = format!("{{ \"op\": \"pub\", \"data\": {text} , \"topic\": \"t\" }}");
+            let by_ref = decode_client_ref(frame.as_bytes(), Encoding::Json).unwrap();
+            let ClientFrameRef::Pub(p) = &by_ref else { panic!("not a pub") };
+            let raw = MsgRef::new("t", p.data.as_ref(), None, None);
+            let parsed = MsgRef::new("t", &data, None, None);
+            for enc in Encoding::ALL {
+                prop_assert_eq!(
+                    decode_server(&encode_msg(&raw, enc), enc),
+                    decode_server(&encode_msg(&parsed, enc), enc)
+                );
+            }
+            prop_assert_eq!(by_ref.into_owned(), decode_client(frame.as_bytes(), Encoding::Json).unwrap());
+        }
+
+        #[test]
+        fn decode_client_ref_accepts_and_refuses_like_decode_client(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            for enc in Encoding::ALL {
+                prop_assert_eq!(
+                    decode_client_ref(&bytes, enc).map(ClientFrameRef::into_owned),
+                    decode_client(&bytes, enc)
+                );
             }
         }
 

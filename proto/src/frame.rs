@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::topic::{TopicError, TopicFilter, TopicName};
@@ -87,6 +88,209 @@ pub struct Publish {
     pub id: Option<u64>,
 }
 
+/// A client frame borrowing from the bytes it was decoded from, as
+/// [`decode_client_ref`](crate::decode_client_ref) returns it. The same frame as
+/// [`ClientFrame`], except that a JSON `pub` keeps its `data` as the text it arrived as, so the
+/// broker can hand it to JSON subscribers without decoding and re-encoding it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrameRef<'a> {
+    /// See [`ClientFrame::Hello`].
+    Hello {
+        /// See [`ClientFrame::Hello`].
+        name: String,
+        /// See [`ClientFrame::Hello`].
+        kind: Option<String>,
+        /// See [`ClientFrame::Hello`].
+        id: Option<u64>,
+    },
+    /// See [`ClientFrame::Sub`].
+    Sub {
+        /// See [`ClientFrame::Sub`].
+        topic: TopicFilter,
+        /// See [`ClientFrame::Sub`].
+        id: Option<u64>,
+    },
+    /// See [`ClientFrame::Unsub`].
+    Unsub {
+        /// See [`ClientFrame::Unsub`].
+        topic: TopicFilter,
+        /// See [`ClientFrame::Unsub`].
+        id: Option<u64>,
+    },
+    /// See [`ClientFrame::Pub`].
+    Pub(PublishRef<'a>),
+    /// See [`ClientFrame::Ping`].
+    Ping {
+        /// See [`ClientFrame::Ping`].
+        id: Option<u64>,
+    },
+}
+
+impl ClientFrameRef<'_> {
+    /// The `id` the broker answers with, if the frame carries one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Self::Hello { id, .. }
+            | Self::Sub { id, .. }
+            | Self::Unsub { id, .. }
+            | Self::Ping { id } => *id,
+            Self::Pub(p) => p.id,
+        }
+    }
+
+    /// The owned frame, with any raw `data` parsed into a [`Value`].
+    pub fn into_owned(self) -> ClientFrame {
+        match self {
+            Self::Hello { name, kind, id } => ClientFrame::Hello { name, kind, id },
+            Self::Sub { topic, id } => ClientFrame::Sub { topic, id },
+            Self::Unsub { topic, id } => ClientFrame::Unsub { topic, id },
+            Self::Pub(p) => ClientFrame::Pub(Publish {
+                topic: p.topic,
+                data: p.data.into_value(),
+                retain: p.retain,
+                reply: p.reply,
+                id: p.id,
+            }),
+            Self::Ping { id } => ClientFrame::Ping { id },
+        }
+    }
+}
+
+/// The body of a `pub` frame, borrowing its `data` when it can. See [`Publish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishRef<'a> {
+    /// See [`Publish::topic`].
+    pub topic: TopicName,
+    /// See [`Publish::data`].
+    pub data: Data<'a>,
+    /// See [`Publish::retain`].
+    pub retain: bool,
+    /// See [`Publish::reply`].
+    pub reply: Option<TopicName>,
+    /// See [`Publish::id`].
+    pub id: Option<u64>,
+}
+
+/// JSON text, as a publisher sent it, that is known to parse into a [`Value`].
+///
+/// Only [`decode_client_ref`](crate::decode_client_ref) makes one, after checking that the text
+/// holds nothing that parsing into a `Value` could refuse (see `codec::passes_as_is`); that is
+/// what lets [`RawJson::to_value`] be infallible.
+#[derive(Debug, Clone, Copy)]
+pub struct RawJson<'a>(&'a RawValue);
+
+impl<'a> RawJson<'a> {
+    /// `null`: what a `pub` without `data` publishes.
+    pub(crate) const NULL: RawJson<'static> = RawJson(RawValue::NULL);
+
+    pub(crate) fn new_unchecked(raw: &'a RawValue) -> Self {
+        Self(raw)
+    }
+
+    /// The text, without surrounding whitespace.
+    pub fn get(self) -> &'a str {
+        self.0.get()
+    }
+
+    /// Whether the value is `null`.
+    pub fn is_null(self) -> bool {
+        self.get() == "null"
+    }
+
+    /// The value, parsed.
+    pub fn to_value(self) -> Value {
+        // Checked at construction: the text parses. Null keeps this free of panics regardless.
+        let parsed = serde_json::from_str(self.get());
+        debug_assert!(
+            parsed.is_ok(),
+            "raw JSON that does not parse: {}",
+            self.get()
+        );
+        parsed.unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for RawJson<'_> {
+    /// Equal when they hold the same value (not necessarily the same text).
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
+
+/// A published value as decoded: raw JSON text from a JSON publisher, or a [`Value`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data<'a> {
+    /// The text a JSON publisher sent, borrowed from its frame.
+    Raw(RawJson<'a>),
+    /// A decoded value (MessagePack publishers, and JSON that could not pass as is).
+    Value(Value),
+}
+
+impl Data<'_> {
+    /// A borrowed view, to route and encode.
+    pub fn as_ref(&self) -> DataRef<'_> {
+        match self {
+            Self::Raw(raw) => DataRef::Raw(*raw),
+            Self::Value(v) => DataRef::Value(v),
+        }
+    }
+
+    /// The value, parsing raw text.
+    pub fn into_value(self) -> Value {
+        match self {
+            Self::Raw(raw) => raw.to_value(),
+            Self::Value(v) => v,
+        }
+    }
+}
+
+/// A published value as the broker routes and encodes it, borrowed.
+///
+/// Serializes as the value it holds. Raw text is written as is only by human-readable
+/// serializers, which for the frames means serde_json; any other serializer (MessagePack) gets
+/// the text parsed into a [`Value`], never the text as a string.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DataRef<'a> {
+    /// See [`Data::Raw`].
+    Raw(RawJson<'a>),
+    /// A value.
+    Value(&'a Value),
+}
+
+impl DataRef<'_> {
+    /// Whether the value is `null` (what clears a retained value).
+    pub fn is_null(self) -> bool {
+        match self {
+            Self::Raw(raw) => raw.is_null(),
+            Self::Value(v) => v.is_null(),
+        }
+    }
+
+    /// The value, parsing raw text.
+    pub fn to_value(self) -> Value {
+        match self {
+            Self::Raw(raw) => raw.to_value(),
+            Self::Value(v) => v.clone(),
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for DataRef<'a> {
+    fn from(v: &'a Value) -> Self {
+        Self::Value(v)
+    }
+}
+
+impl Serialize for DataRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Value(v) => v.serialize(serializer),
+            Self::Raw(raw) if serializer.is_human_readable() => raw.0.serialize(serializer),
+            Self::Raw(raw) => raw.to_value().serialize(serializer),
+        }
+    }
+}
+
 /// A frame sent by the broker to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -143,7 +347,7 @@ pub struct MsgRef<'a> {
     /// See [`Message::topic`].
     pub topic: &'a str,
     /// See [`Message::data`].
-    pub data: &'a Value,
+    pub data: DataRef<'a>,
     /// See [`Message::from`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
@@ -158,14 +362,14 @@ impl<'a> MsgRef<'a> {
     /// A live (not retained) message.
     pub fn new(
         topic: &'a str,
-        data: &'a Value,
+        data: impl Into<DataRef<'a>>,
         from: Option<&'a str>,
         reply: Option<&'a str>,
     ) -> Self {
         Self {
             op: "msg",
             topic,
-            data,
+            data: data.into(),
             from,
             reply,
             retained: false,

@@ -7,6 +7,8 @@
 //!   object per frame tagged by `op`; [`ErrorCode`] names every error a client can get.
 //! - [`codec`]: the two encodings that carry those objects: JSON in WebSocket text frames (the
 //!   public contract, see `PROTOCOL.md`) and MessagePack with named fields in binary frames.
+//!   [`decode_client_ref`] decodes a JSON `pub` keeping its `data` as the text it came as
+//!   ([`Data::Raw`]), which [`MsgRef`] writes as is into JSON and parses for MessagePack.
 //!
 //! ```text
 //!  bytes ──codec::decode_client──► ClientFrame ──(broker routes)──► MsgRef ──codec::encode_msg──► bytes
@@ -18,10 +20,13 @@ pub mod frame;
 pub mod topic;
 
 pub use codec::{
-    decode_client, decode_server, encode_client, encode_msg, encode_msg_text, encode_server,
-    Encoding,
+    decode_client, decode_client_ref, decode_server, encode_client, encode_msg, encode_msg_text,
+    encode_server, Encoding,
 };
-pub use frame::{ClientFrame, ErrorCode, FrameError, Message, MsgRef, Publish, ServerFrame};
+pub use frame::{
+    ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, Message, MsgRef, Publish,
+    PublishRef, RawJson, ServerFrame,
+};
 pub use topic::{TopicError, TopicFilter, TopicName};
 
 /// Version of the wire protocol described in `PROTOCOL.md`. Advertised over DNS-SD so that a
