@@ -42,6 +42,8 @@ const READ_BATCH: usize = 64;
 const WRITE_BATCH: usize = 256;
 /// How long the writer may take to deliver the last frames and the close frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(1000);
+/// How long, after sending a close frame, the session waits for the client's.
+const LINGER: Duration = Duration::from_millis(1000);
 
 /// Why a session ended, and the close frame to send (none when the peer is already gone).
 struct Ending {
@@ -93,7 +95,7 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (outbox, outbox_rx) = Outbox::new(id, config.outbox_frames, config.outbox_bytes);
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let (close_tx, close_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(sink, outbox_rx, outbox.clone(), close_rx));
     let metrics = router.metrics.clone();
@@ -110,16 +112,31 @@ pub(crate) async fn serve<S>(
         filters: HashSet::new(),
         name: None,
     };
-    let ending = session.read_loop(stream, &shutdown).await;
+    let ending = session.read_loop(&mut stream, &shutdown).await;
     tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
     session.cleanup();
 
     // Let the writer deliver what is queued and the close frame, but never wait long on a peer
     // that does not read.
+    let we_close = ending.close.is_some();
     let _ = close_tx.send(ending.close);
     let abort = writer.abort_handle();
     if timeout(CLOSE_GRACE, writer).await.is_err() {
         abort.abort();
+    }
+    if we_close {
+        // Read on for a moment, until the client's own close frame or its end of stream:
+        // closing the socket while the client's last frames (pongs, publishes) are in flight
+        // would answer them with a TCP reset, and a reset can destroy our close frame unread
+        // in the client's receive buffer.
+        let _ = timeout(LINGER, async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     metrics.connections.fetch_sub(1, Relaxed);
 }
@@ -127,7 +144,7 @@ pub(crate) async fn serve<S>(
 impl Session {
     async fn read_loop<S>(
         &mut self,
-        mut stream: SplitStream<WebSocketStream<S>>,
+        stream: &mut SplitStream<WebSocketStream<S>>,
         shutdown: &CancellationToken,
     ) -> Ending
     where
