@@ -121,26 +121,12 @@ impl Lan {
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         // No IPv6 on the test hosts: no router solicitations or MLD reports, so the only
         // packets on the wire are ours.
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ])
-            .status();
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ])
-            .status();
+        for scope in ["all", "default"] {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-qw"])
+                .arg(format!("net.ipv6.conf.{scope}.disable_ipv6=1"))
+                .status();
+        }
         for (bridge, ifname, cidr) in links {
             let outer = format!("{host}-{ifname}");
             ip(&[

@@ -523,15 +523,21 @@ mod tests {
         assert!(drain(&mut late_rx).is_empty());
     }
 
-    #[test]
-    fn one_encoding_per_subscriber() {
+    /// A router with a JSON and a MessagePack subscriber to `filter`; their queues.
+    fn json_and_msgpack_subscribers(filter: &str) -> (Router, OutboxRx, OutboxRx) {
         let router = Router::default();
-        let (json_box, mut json_rx) = Outbox::new(1, 16, 1 << 20);
-        let (mp_box, mut mp_rx) = Outbox::new(2, 16, 1 << 20);
+        let (json_box, json_rx) = Outbox::new(1, 16, 1 << 20);
+        let (mp_box, mp_rx) = Outbox::new(2, 16, 1 << 20);
         mp_box.set_encoding(Encoding::MsgPack);
-        let f = TopicFilter::new("a").unwrap();
+        let f = TopicFilter::new(filter).unwrap();
         router.subscribe(&f, &json_box);
         router.subscribe(&f, &mp_box);
+        (router, json_rx, mp_rx)
+    }
+
+    #[test]
+    fn one_encoding_per_subscriber() {
+        let (router, mut json_rx, mut mp_rx) = json_and_msgpack_subscribers("a");
         assert_eq!(publish(&router, &topic("a"), json!({"x": 1}), false), 2);
         assert!(matches!(
             json_rx.try_recv(),
@@ -563,13 +569,7 @@ mod tests {
 
     #[test]
     fn raw_json_reaches_both_encodings_and_clears_with_raw_null() {
-        let router = Router::default();
-        let (json_box, mut json_rx) = Outbox::new(1, 16, 1 << 20);
-        let (mp_box, mut mp_rx) = Outbox::new(2, 16, 1 << 20);
-        mp_box.set_encoding(Encoding::MsgPack);
-        let f = TopicFilter::new("a").unwrap();
-        router.subscribe(&f, &json_box);
-        router.subscribe(&f, &mp_box);
+        let (router, mut json_rx, mut mp_rx) = json_and_msgpack_subscribers("a");
         let frame = r#"{"op":"pub","topic":"a","data": {"y": [1, 0.1], "x": "z"},"retain":true}"#;
         assert_eq!(publish_json_frame(&router, frame), 2);
         let Some(Outgoing::Frame(WsMessage::Text(text))) = json_rx.try_recv() else {
@@ -590,7 +590,7 @@ mod tests {
         // The retained store holds the value; a raw `null` clears it.
         assert_eq!(router.metrics.retained.load(Relaxed), 1);
         let (late, mut late_rx) = Outbox::new(3, 16, 1 << 20);
-        router.subscribe(&f, &late);
+        router.subscribe(&TopicFilter::new("a").unwrap(), &late);
         assert_eq!(
             drain(&mut late_rx)[0]["data"],
             json!({"x": "z", "y": [1, 0.1]})

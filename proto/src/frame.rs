@@ -57,19 +57,6 @@ pub enum ClientFrame {
     },
 }
 
-impl ClientFrame {
-    /// The `id` the broker answers with, if the frame carries one.
-    pub fn id(&self) -> Option<u64> {
-        match self {
-            Self::Hello { id, .. }
-            | Self::Sub { id, .. }
-            | Self::Unsub { id, .. }
-            | Self::Ping { id } => *id,
-            Self::Pub(p) => p.id,
-        }
-    }
-}
-
 /// The body of a `pub` frame.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Publish {
