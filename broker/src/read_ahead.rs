@@ -6,13 +6,16 @@
 //! and an idle subscriber expensive (most of its memory); a small one the reverse. This adapter
 //! gets both: tungstenite is given a small buffer, and underneath it, while data keeps coming,
 //! reads go through a large chunk allocated on demand and freed as soon as the socket has
-//! nothing more to give. An idle connection holds no chunk at all.
+//! nothing more to give. An idle connection holds no chunk at all. A released chunk goes to a
+//! small per-thread stock of spares ([`SPARES`]), so a connection that keeps draining its socket
+//! and filling again costs no allocation (nor zeroing) per burst.
 //!
 //! ```text
 //!  socket ──(one read of up to CHUNK bytes, while busy)──► chunk ──(small copies)──► tungstenite
 //!         └──(small reads straight through, while idle)──────────────────────────► tungstenite
 //! ```
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,6 +24,29 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Size of the chunk a busy connection reads into.
 const CHUNK: usize = 16 * 1024;
+/// Released chunks kept per thread for the next busy connection.
+const SPARES: usize = 4;
+
+thread_local! {
+    static SPARE_CHUNKS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A chunk: a spare if this thread has one, else a new one.
+fn take_chunk() -> Box<[u8]> {
+    SPARE_CHUNKS
+        .with(|spares| spares.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; CHUNK].into_boxed_slice())
+}
+
+/// Keeps `chunk` as a spare, unless this thread has enough of them.
+fn give_back(chunk: Box<[u8]>) {
+    SPARE_CHUNKS.with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARES {
+            spares.push(chunk);
+        }
+    });
+}
 
 /// Wraps a stream; writes pass straight through.
 #[derive(Debug)]
@@ -28,7 +54,7 @@ pub(crate) struct ReadAhead<S> {
     inner: S,
     /// Bytes read ahead: `chunk[start..end]` is not handed out yet. Empty, with no allocation,
     /// while the connection is idle.
-    chunk: Vec<u8>,
+    chunk: Box<[u8]>,
     start: usize,
     end: usize,
     /// The last direct read filled the caller's buffer: more is probably waiting.
@@ -39,7 +65,7 @@ impl<S> ReadAhead<S> {
     pub(crate) fn new(inner: S) -> Self {
         Self {
             inner,
-            chunk: Vec::new(),
+            chunk: Box::default(),
             start: 0,
             end: 0,
             busy: false,
@@ -70,7 +96,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             return read;
         }
         if this.chunk.is_empty() {
-            this.chunk = vec![0; CHUNK];
+            this.chunk = take_chunk();
         }
         let mut chunk = ReadBuf::new(&mut this.chunk);
         match Pin::new(&mut this.inner).poll_read(cx, &mut chunk) {
@@ -100,10 +126,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
 
 impl<S> ReadAhead<S> {
     fn release(&mut self) {
-        self.chunk = Vec::new();
+        let chunk = std::mem::take(&mut self.chunk);
+        if !chunk.is_empty() {
+            give_back(chunk);
+        }
         self.start = 0;
         self.end = 0;
         self.busy = false;
+    }
+}
+
+impl<S> Drop for ReadAhead<S> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -163,6 +198,23 @@ mod tests {
         }
         writer.await.unwrap();
         assert_eq!(got, data);
+    }
+
+    #[test]
+    fn released_chunks_are_reused_and_the_stock_is_bounded() {
+        let chunk = take_chunk();
+        let at = chunk.as_ptr();
+        give_back(chunk);
+        let again = take_chunk();
+        assert_eq!(
+            again.as_ptr(),
+            at,
+            "a spare is handed out before a new chunk"
+        );
+        for _ in 0..SPARES + 3 {
+            give_back(vec![0; CHUNK].into_boxed_slice());
+        }
+        assert_eq!(SPARE_CHUNKS.with(|s| s.borrow().len()), SPARES);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use proto::{DataRef, Encoding, MsgRef, TopicFilter, TopicName};
 use serde_json::{json, Value};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
@@ -369,17 +370,34 @@ impl Router {
             self.retain(p);
         }
         let msg = MsgRef::new(p.topic.as_str(), p.data, p.from, p.reply);
+        // Each target with the encoding it reads now (a client may switch between frames).
+        let targets: SmallVec<[(&Arc<Outbox>, Encoding); 8]> = index
+            .matches(p.topic)
+            .into_iter()
+            .map(|outbox| (outbox, outbox.encoding()))
+            .collect();
+        // The frame is encoded once per encoding; the last target of an encoding takes it
+        // and the others a clone, so a frame with one reader is never shared.
+        let mut left = [0usize; 2];
+        for (_, enc) in &targets {
+            left[enc.index()] += 1;
+        }
         let mut frames: [Option<WsMessage>; 2] = [None, None];
         let mut delivered = 0;
-        index.for_each_match(p.topic, |outbox| {
-            let enc = outbox.encoding();
-            let frame = frames[enc.index()]
-                .get_or_insert_with(|| msg_frame(&msg, enc))
-                .clone();
+        for (outbox, enc) in targets {
+            let i = enc.index();
+            left[i] -= 1;
+            let frame = if left[i] == 0 {
+                frames[i].take().unwrap_or_else(|| msg_frame(&msg, enc))
+            } else {
+                frames[i]
+                    .get_or_insert_with(|| msg_frame(&msg, enc))
+                    .clone()
+            };
             if outbox.push(frame, &self.metrics) {
                 delivered += 1;
             }
-        });
+        }
         self.metrics
             .messages_out
             .fetch_add(delivered as u64, Relaxed);

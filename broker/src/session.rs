@@ -14,13 +14,15 @@
 //! its subscriptions go, its name is released and its presence turns offline (a last will).
 
 use std::collections::{HashSet, VecDeque};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use proto::{ClientFrameRef, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -182,9 +184,18 @@ impl Session {
                         return ending;
                     }
                     // Frames already read from the socket are handled right away, a bounded
-                    // number of them, before the other branches get their turn again.
+                    // number of them, before the other branches get their turn again. They are
+                    // polled with this task's own waker: a different one (`now_or_never`) would
+                    // be swapped in and out of the socket's waker slot every time.
                     for _ in 1..READ_BATCH {
-                        let Some(frame) = stream.next().now_or_never() else { break };
+                        let Some(frame) = poll_fn(|cx| Poll::Ready(match stream.poll_next_unpin(cx) {
+                            Poll::Ready(frame) => Some(frame),
+                            Poll::Pending => None,
+                        }))
+                        .await
+                        else {
+                            break;
+                        };
                         if let Some(ending) = self.on_message(frame) {
                             return ending;
                         }

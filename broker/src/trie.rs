@@ -8,6 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use proto::{TopicFilter, TopicName};
+use smallvec::SmallVec;
+
+/// Children by level. foldhash rather than SipHash: levels are short and a publish hashes one
+/// per level; its seeds are still random per map, so crafted levels cannot be aimed at one.
+type Children<S> = HashMap<Box<str>, Node<S>, foldhash::fast::RandomState>;
+
+/// What [`Trie::matches`] returns.
+pub type Matches<'a, S> = SmallVec<[&'a Arc<S>; 8]>;
 
 /// A subscriber as the index knows it: an id to deduplicate overlapping filters, and a handle
 /// to deliver to.
@@ -19,7 +27,7 @@ pub trait Subscriber {
 #[derive(Debug)]
 struct Node<S> {
     /// Children by exact level.
-    children: HashMap<Box<str>, Node<S>>,
+    children: Children<S>,
     /// The `+` child.
     plus: Option<Box<Node<S>>>,
     /// Subscribers whose filter ends with `#` right below this node.
@@ -31,7 +39,7 @@ struct Node<S> {
 impl<S> Default for Node<S> {
     fn default() -> Self {
         Self {
-            children: HashMap::new(),
+            children: Children::default(),
             plus: None,
             hash: Vec::new(),
             exact: Vec::new(),
@@ -151,19 +159,17 @@ impl<S: Subscriber> Trie<S> {
         }
     }
 
-    /// Calls `f` once per subscriber whose filters match `topic`, however many of its filters
-    /// match.
-    pub fn for_each_match(&self, topic: &TopicName, mut f: impl FnMut(&Arc<S>)) {
-        let mut found: Vec<&Arc<S>> = Vec::new();
+    /// The subscribers whose filters match `topic`, each once however many of its filters
+    /// match. Most topics reach a few subscribers: those come without an allocation.
+    pub fn matches(&self, topic: &TopicName) -> Matches<'_, S> {
+        let mut found = Matches::new();
         let system = topic.is_system();
         Self::collect(&self.root, topic.levels(), true, system, &mut found);
         if found.len() > 1 {
             found.sort_unstable_by_key(|s| s.id());
             found.dedup_by_key(|s| s.id());
         }
-        for s in found {
-            f(s);
-        }
+        found
     }
 
     fn collect<'a>(
@@ -171,7 +177,7 @@ impl<S: Subscriber> Trie<S> {
         mut levels: std::str::Split<'_, char>,
         first: bool,
         system: bool,
-        out: &mut Vec<&'a Arc<S>>,
+        out: &mut Matches<'a, S>,
     ) {
         // A wildcard in the first level never matches a `$` topic.
         let wildcards = !(first && system);
@@ -209,7 +215,9 @@ mod tests {
 
     fn matches(trie: &Trie<Sub>, topic: &str) -> Vec<u64> {
         let mut ids = Vec::new();
-        trie.for_each_match(&TopicName::system(topic).unwrap(), |s| ids.push(s.0));
+        for s in trie.matches(&TopicName::system(topic).unwrap()) {
+            ids.push(s.0);
+        }
         ids.sort_unstable();
         ids
     }

@@ -18,8 +18,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::frame::{
-    check_name, ClientFrame, ClientFrameRef, Data, ErrorCode, FrameError, MsgRef, PublishRef,
-    RawJson, ServerFrame,
+    check_name, ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, MsgRef,
+    PublishRef, RawJson, ServerFrame,
 };
 use crate::topic::{TopicFilter, TopicName};
 
@@ -313,10 +313,58 @@ pub fn encode_msg(msg: &MsgRef<'_>, enc: Encoding) -> Vec<u8> {
     to_bytes(msg, enc)
 }
 
-/// Encodes a delivered message as JSON text, ready for a WebSocket text frame: the encoder
-/// writes UTF-8 and says so, so the text needs no second check.
+/// Encodes a delivered message as JSON text, ready for a WebSocket text frame (a `String`: it
+/// needs no second UTF-8 check).
+///
+/// The usual message, raw JSON `data` from a JSON publisher and strings that need no escaping,
+/// is written piece by piece into a string of exactly its length, which then becomes a frame
+/// without a copy. Anything else goes through serde. Both give the same bytes as
+/// [`encode_msg`] (a property test holds them to it).
 pub fn encode_msg_text(msg: &MsgRef<'_>) -> String {
-    serde_json::to_string(msg).expect("JSON encoding of a frame cannot fail")
+    // serde_json escapes exactly these; a string without them is written as is, in quotes.
+    let plain = |s: &str| !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    let DataRef::Raw(data) = msg.data else {
+        return serde_json::to_string(msg).expect("JSON encoding of a frame cannot fail");
+    };
+    let strings = [Some(msg.op), Some(msg.topic), msg.from, msg.reply];
+    if !strings.into_iter().flatten().all(plain) {
+        return serde_json::to_string(msg).expect("JSON encoding of a frame cannot fail");
+    }
+    let data = data.get();
+    let retained = if msg.retained {
+        r#","retained":true}"#
+    } else {
+        r#","retained":false}"#
+    };
+    let optional = |name: &str, value: Option<&str>| value.map_or(0, |v| name.len() + v.len() + 1);
+    let len = r#"{"op":"","topic":"","data":"#.len()
+        + msg.op.len()
+        + msg.topic.len()
+        + data.len()
+        + optional(r#","from":""#, msg.from)
+        + optional(r#","reply":""#, msg.reply)
+        + retained.len();
+    let mut out = String::with_capacity(len);
+    for piece in [
+        r#"{"op":""#,
+        msg.op,
+        r#"","topic":""#,
+        msg.topic,
+        r#"","data":"#,
+        data,
+    ] {
+        out.push_str(piece);
+    }
+    for (name, value) in [(r#","from":""#, msg.from), (r#","reply":""#, msg.reply)] {
+        if let Some(value) = value {
+            out.push_str(name);
+            out.push_str(value);
+            out.push('"');
+        }
+    }
+    out.push_str(retained);
+    debug_assert_eq!(out.len(), len);
+    out
 }
 
 /// Decodes a frame sent by the broker (the client side of the protocol).
@@ -724,6 +772,27 @@ mod tests {
                 encode_msg(&raw, Encoding::MsgPack),
                 encode_msg(&parsed, Encoding::MsgPack)
             );
+        }
+
+        #[test]
+        fn msg_text_is_byte_for_byte_what_serde_writes(
+            data in data(),
+            // Plain strings take the fast path; any string may need escapes and take serde's.
+            topic in prop_oneof!["[a-z_/0-9é]{1,12}", any::<String>()],
+            from in prop::option::of(prop_oneof!["[a-z0-9-]{1,8}", any::<String>()]),
+            reply in prop::option::of(prop_oneof!["[a-z_/0-9]{1,12}", any::<String>()]),
+            retained in any::<bool>(),
+        ) {
+            // The data as a JSON publisher sends it, raw when it can pass as is.
+            let frame = format!(r#"{{"op":"pub","topic":"t","data":{data}}}"#);
+            let Ok(ClientFrameRef::Pub(p)) = decode_client_ref(frame.as_bytes(), Encoding::Json) else {
+                panic!("not a pub: {frame}");
+            };
+            let msg = MsgRef {
+                retained,
+                ..MsgRef::new(&topic, p.data.as_ref(), from.as_deref(), reply.as_deref())
+            };
+            prop_assert_eq!(encode_msg_text(&msg).into_bytes(), encode_msg(&msg, Encoding::Json));
         }
 
         #[test]

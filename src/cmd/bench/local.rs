@@ -119,37 +119,58 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse {what}"))
 }
 
-/// CPU time and resident memory of process `pid`.
+/// Time on CPU, in ns, from the text of a task's `schedstat` (its first field).
+pub fn parse_schedstat_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_ascii_whitespace().next()?.parse().ok()
+}
+
+/// CPU seconds of the live threads of process `pid` (`self` for this one) whose name starts
+/// with `prefix`, to the nanosecond (`schedstat`); `None` if `/proc` does not tell. Threads that
+/// ended are not counted, so read it while they run.
+fn tasks_cpu(pid: &str, prefix: &str) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut ns, mut read) = (0, 0);
+    for task in tasks.flatten() {
+        if !prefix.is_empty() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !name.trim_end().starts_with(prefix) {
+                continue;
+            }
+        }
+        // A thread may end between the listing and this read: it is skipped.
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok();
+        if let Some(task_ns) = schedstat.as_deref().and_then(parse_schedstat_ns) {
+            ns += task_ns;
+            read += 1;
+        }
+    }
+    (read > 0 || !prefix.is_empty()).then(|| ns as f64 / 1e9)
+}
+
+/// CPU time and resident memory of process `pid`. CPU time is the sum over its threads'
+/// `schedstat` (nanoseconds; a whole-process `stat` counts in ticks of 10 ms, too coarse for a
+/// run of a second), or `stat` where that is missing.
 ///
 /// # Errors
 /// The process is gone or `/proc` is not there.
 pub fn usage(pid: u32) -> io::Result<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = parse_stat_ticks(&stat).ok_or_else(|| invalid("stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_bytes = parse_status_rss(&status).ok_or_else(|| invalid("status"))?;
-    Ok(Usage {
-        cpu_s: ticks as f64 / ticks_per_second(),
-        rss_bytes,
-    })
+    let cpu_s = match tasks_cpu(&pid.to_string(), "") {
+        Some(cpu_s) => cpu_s,
+        None => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            let ticks = parse_stat_ticks(&stat).ok_or_else(|| invalid("stat"))?;
+            ticks as f64 / ticks_per_second()
+        }
+    };
+    Ok(Usage { cpu_s, rss_bytes })
 }
 
 /// CPU time of this process's threads whose name starts with `prefix` (the in-process relay's
 /// runtime), in seconds. Threads that ended are not counted, so read it while they run.
 pub fn threads_cpu(prefix: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let ticks: u64 = tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|name| name.trim_end().starts_with(prefix))
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-        .filter_map(|s| parse_stat_ticks(&s))
-        .sum();
-    ticks as f64 / ticks_per_second()
+    tasks_cpu("self", prefix).unwrap_or(0.0)
 }
 
 /// Raises this process's open-file limit to `want` (or the hard limit, if lower), for `bench
@@ -187,6 +208,12 @@ mod tests {
                     100 12345678 900 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some(325));
         assert_eq!(parse_stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn schedstat_time_is_the_first_field() {
+        assert_eq!(parse_schedstat_ns("123456789 2000 31\n"), Some(123_456_789));
+        assert_eq!(parse_schedstat_ns(""), None);
     }
 
     #[test]
