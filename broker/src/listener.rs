@@ -214,7 +214,7 @@ async fn publish_stats(router: Arc<Router>, every: Duration, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
                 let data = router.metrics.to_json();
-                router.publish(Publication { topic: &topic, data: &data, from: None, reply: None, retain: true });
+                router.publish(Publication { topic: topic.view(), data: &data, from: None, reply: None, retain: true });
             }
         }
     }

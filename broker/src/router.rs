@@ -339,7 +339,7 @@ pub struct Router {
 #[derive(Debug, Clone, Copy)]
 pub struct Publication<'a, D = &'a Value> {
     /// Where it was published.
-    pub topic: &'a TopicName,
+    pub topic: TopicName<&'a str>,
     /// Its value.
     pub data: D,
     /// The publisher's name, if it said hello.
@@ -372,7 +372,7 @@ impl Router {
         let msg = MsgRef::new(p.topic.as_str(), p.data, p.from, p.reply);
         // Each target with the encoding it reads now (a client may switch between frames).
         let targets: SmallVec<[(&Arc<Outbox>, Encoding); 8]> = index
-            .matches(p.topic)
+            .matches(&p.topic)
             .into_iter()
             .map(|outbox| (outbox, outbox.encoding()))
             .collect();
@@ -407,15 +407,15 @@ impl Router {
     fn retain(&self, p: Publication<'_, DataRef<'_>>) {
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
         if p.data.is_null() {
-            retained.remove(p.topic);
+            retained.remove(p.topic.as_str());
         } else {
             let value = Retained {
-                topic: p.topic.clone(),
+                topic: p.topic.to_name(),
                 data: p.data.to_value(),
                 from: p.from.map(Arc::from),
                 frames: Default::default(),
             };
-            retained.insert(p.topic.clone(), Arc::new(value));
+            retained.insert(p.topic.to_name(), Arc::new(value));
         }
         self.metrics.retained.store(retained.len() as u64, Relaxed);
     }
@@ -484,7 +484,7 @@ impl Router {
         };
         let data = json!({ "kind": kind, "online": online, "since": unix_ms(), "addr": peer });
         self.publish(Publication {
-            topic: &topic,
+            topic: topic.view(),
             data: &data,
             from: None,
             reply: None,
@@ -503,7 +503,7 @@ mod tests {
 
     fn publish(router: &Router, t: &TopicName, data: Value, retain: bool) -> usize {
         router.publish(Publication {
-            topic: t,
+            topic: t.view(),
             data: &data,
             from: Some("p"),
             reply: None,
@@ -577,7 +577,7 @@ mod tests {
         };
         assert!(matches!(p.data, proto::Data::Raw(_)), "{frame}");
         router.publish(Publication {
-            topic: &p.topic,
+            topic: p.topic.view(),
             data: p.data.as_ref(),
             from: None,
             reply: None,

@@ -209,8 +209,17 @@ impl Session {
     /// ends, if it does.
     fn on_message(&mut self, frame: Option<Result<WsMessage, WsError>>) -> Option<Ending> {
         match frame {
-            Some(Ok(WsMessage::Text(text))) => self.on_frame(text.as_bytes(), Encoding::Json),
-            Some(Ok(WsMessage::Binary(bytes))) => self.on_frame(&bytes, Encoding::MsgPack),
+            Some(Ok(WsMessage::Text(text))) => {
+                // tungstenite has checked the text is UTF-8: it is not checked again.
+                self.on_frame(text.len(), Encoding::Json, || {
+                    proto::decode_client_text(&text)
+                });
+            }
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                self.on_frame(bytes.len(), Encoding::MsgPack, || {
+                    proto::decode_client_ref(&bytes, Encoding::MsgPack)
+                });
+            }
             Some(Ok(WsMessage::Close(_))) | None => return Some(Ending::gone("closed by client")),
             // Pings are answered by tungstenite; pongs only prove liveness.
             Some(Ok(_)) => {}
@@ -239,25 +248,30 @@ impl Session {
         None
     }
 
-    /// Handles one client frame; every failure becomes an `err` frame and the session goes on.
-    fn on_frame(&mut self, bytes: &[u8], enc: Encoding) {
+    /// Handles one client frame of `len` bytes in `enc`, which `decode` decodes; every failure
+    /// becomes an `err` frame and the session goes on.
+    fn on_frame<'f>(
+        &mut self,
+        len: usize,
+        enc: Encoding,
+        decode: impl FnOnce() -> Result<ClientFrameRef<'f>, FrameError>,
+    ) {
         let metrics = &self.router.metrics;
         metrics.frames_in.fetch_add(1, Relaxed);
-        metrics.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+        metrics.bytes_in.fetch_add(len as u64, Relaxed);
         self.outbox.set_encoding(enc);
-        if bytes.len() > self.config.max_frame_bytes {
+        if len > self.config.max_frame_bytes {
             let err = FrameError::new(
                 None,
                 ErrorCode::TooLarge,
                 format!(
-                    "frame of {} bytes is over the limit of {} bytes",
-                    bytes.len(),
+                    "frame of {len} bytes is over the limit of {} bytes",
                     self.config.max_frame_bytes
                 ),
             );
             return self.reply_err(&err);
         }
-        let result = proto::decode_client_ref(bytes, enc).and_then(|frame| self.apply(frame));
+        let result = decode().and_then(|frame| self.apply(frame));
         match result {
             Ok(Some(answer)) => self.reply(&answer),
             Ok(None) => {}
@@ -273,7 +287,7 @@ impl Session {
             ClientFrameRef::Pub(p) => {
                 self.router.metrics.messages_in.fetch_add(1, Relaxed);
                 self.router.publish(Publication {
-                    topic: &p.topic,
+                    topic: p.topic.view(),
                     data: p.data.as_ref(),
                     from: self.name.as_ref().map(|(n, _)| n.as_str()),
                     reply: p.reply.as_ref().map(|r| r.as_str()),

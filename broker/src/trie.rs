@@ -161,7 +161,7 @@ impl<S: Subscriber> Trie<S> {
 
     /// The subscribers whose filters match `topic`, each once however many of its filters
     /// match. Most topics reach a few subscribers: those come without an allocation.
-    pub fn matches(&self, topic: &TopicName) -> Matches<'_, S> {
+    pub fn matches(&self, topic: &TopicName<impl AsRef<str>>) -> Matches<'_, S> {
         let mut found = Matches::new();
         let system = topic.is_system();
         Self::collect(&self.root, topic.levels(), true, system, &mut found);
@@ -181,11 +181,16 @@ impl<S: Subscriber> Trie<S> {
     ) {
         // A wildcard in the first level never matches a `$` topic.
         let wildcards = !(first && system);
+        // Pushed one by one: `extend` costs more than the usual zero or one subscriber.
         if wildcards {
-            out.extend(node.hash.iter());
+            for sub in &node.hash {
+                out.push(sub);
+            }
         }
         let Some(level) = levels.next() else {
-            out.extend(node.exact.iter());
+            for sub in &node.exact {
+                out.push(sub);
+            }
             return;
         };
         if let Some(child) = node.children.get(level) {

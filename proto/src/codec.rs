@@ -21,6 +21,7 @@ use crate::frame::{
     check_name, ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, MsgRef,
     PublishRef, RawJson, ServerFrame,
 };
+use crate::scan;
 use crate::topic::{TopicFilter, TopicName};
 
 /// How a frame is encoded on the wire.
@@ -56,23 +57,39 @@ impl Encoding {
 /// A client frame as it arrives, before any rule is checked. `D` is how `data` is read: a
 /// [`Value`], or (JSON only) the raw text.
 #[derive(Deserialize)]
-struct Envelope<'a, D> {
+pub(crate) struct Envelope<'a, D> {
     #[serde(borrow, default)]
-    op: Option<Cow<'a, str>>,
+    pub op: Option<Cow<'a, str>>,
     #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    topic: Option<String>,
+    pub id: Option<u64>,
+    // Strings are borrowed from the frame unless they hold escapes.
+    #[serde(borrow, default)]
+    pub topic: Option<Cow<'a, str>>,
     #[serde(default = "none")]
-    data: Option<D>,
+    pub data: Option<D>,
     #[serde(default)]
-    retain: Option<bool>,
-    #[serde(default)]
-    reply: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
+    pub retain: Option<bool>,
+    #[serde(borrow, default)]
+    pub reply: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
+}
+
+impl<D> Default for Envelope<'_, D> {
+    fn default() -> Self {
+        Self {
+            op: None,
+            id: None,
+            topic: None,
+            data: None,
+            retain: None,
+            reply: None,
+            name: None,
+            kind: None,
+        }
+    }
 }
 
 fn none<D>() -> Option<D> {
@@ -139,6 +156,31 @@ pub fn decode_client_ref(bytes: &[u8], enc: Encoding) -> Result<ClientFrameRef<'
     decode(bytes, enc, true)
 }
 
+/// [`decode_client_ref`] for a JSON frame already known to be UTF-8 (a WebSocket text frame).
+///
+/// # Errors
+/// As [`decode_client`].
+pub fn decode_client_text(text: &str) -> Result<ClientFrameRef<'_>, FrameError> {
+    decode_text(text).unwrap_or_else(|| decode(text.as_bytes(), Encoding::Json, false))
+}
+
+/// The raw path of a JSON frame: `None` for anything it does not take as is (a malformed frame,
+/// data that might not parse), which the ordinary path then decides and words the error for.
+fn decode_text(text: &str) -> Option<Result<ClientFrameRef<'_>, FrameError>> {
+    if !is_object(text.as_bytes(), Encoding::Json) {
+        return None;
+    }
+    // The usual frame is read by hand (`scan`); anything unusual by serde.
+    let env = scan::envelope(text)
+        .or_else(|| serde_json::from_str::<Envelope<'_, &RawValue>>(text).ok())?;
+    if !env.data.is_none_or(|d| passes_as_is(d.get())) {
+        return None;
+    }
+    Some(validate(env, |data| {
+        Data::Raw(data.map_or(RawJson::NULL, RawJson::new_unchecked))
+    }))
+}
+
 fn decode(bytes: &[u8], enc: Encoding, raw: bool) -> Result<ClientFrameRef<'_>, FrameError> {
     // serde would read a struct from an array of its fields in order; frames are objects.
     if !is_object(bytes, enc) {
@@ -149,17 +191,10 @@ fn decode(bytes: &[u8], enc: Encoding, raw: bool) -> Result<ClientFrameRef<'_>, 
         ));
     }
     if raw && enc == Encoding::Json {
-        // Anything this path does not take as is (a malformed frame, data that might not
-        // parse) goes the ordinary way below, which decides and words the error.
         // Text read as `str` is not checked for UTF-8 string by string; one check of the
         // whole frame costs less.
-        let text = std::str::from_utf8(bytes).ok();
-        if let Some(Ok(env)) = text.map(serde_json::from_str::<Envelope<'_, &RawValue>>) {
-            if env.data.is_none_or(|d| passes_as_is(d.get())) {
-                return validate(env, |data| {
-                    Data::Raw(data.map_or(RawJson::NULL, RawJson::new_unchecked))
-                });
-            }
+        if let Some(decoded) = std::str::from_utf8(bytes).ok().and_then(decode_text) {
+            return decoded;
         }
     }
     let env: Envelope<'_, Value> = from_bytes(bytes, enc).map_err(|message| {
@@ -252,10 +287,10 @@ fn validate<'a, D>(
     match op.as_ref() {
         "pub" => {
             let topic = env.topic.ok_or_else(|| missing("topic", "pub"))?;
-            let topic = TopicName::new(topic).map_err(|e| {
+            let topic = TopicName::checked(topic).map_err(|e| {
                 FrameError::new(id, ErrorCode::for_topic(&e), format!("topic: {e}"))
             })?;
-            let reply = env.reply.map(TopicName::new).transpose().map_err(|e| {
+            let reply = env.reply.map(TopicName::checked).transpose().map_err(|e| {
                 FrameError::new(id, ErrorCode::for_topic(&e), format!("reply: {e}"))
             })?;
             Ok(ClientFrameRef::Pub(PublishRef {
@@ -268,7 +303,7 @@ fn validate<'a, D>(
         }
         op @ ("sub" | "unsub") => {
             let topic = env.topic.ok_or_else(|| missing("topic", op))?;
-            let topic = TopicFilter::new(topic)
+            let topic = TopicFilter::new(topic.into_owned())
                 .map_err(|e| FrameError::new(id, ErrorCode::BadFilter, format!("filter: {e}")))?;
             Ok(if op == "sub" {
                 ClientFrameRef::Sub { topic, id }
@@ -284,8 +319,8 @@ fn validate<'a, D>(
                     .map_err(|m| FrameError::new(id, ErrorCode::BadName, format!("kind: {m}")))?;
             }
             Ok(ClientFrameRef::Hello {
-                name,
-                kind: env.kind,
+                name: name.into_owned(),
+                kind: env.kind.map(Cow::into_owned),
                 id,
             })
         }

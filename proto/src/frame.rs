@@ -5,6 +5,7 @@
 //! Any client frame with an `id` is answered with that `id` (`ok`, `pong` or `err`); a frame
 //! without one is answered only when it fails.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -132,10 +133,10 @@ impl ClientFrameRef<'_> {
             Self::Sub { topic, id } => ClientFrame::Sub { topic, id },
             Self::Unsub { topic, id } => ClientFrame::Unsub { topic, id },
             Self::Pub(p) => ClientFrame::Pub(Publish {
-                topic: p.topic,
+                topic: p.topic.into_name(),
                 data: p.data.into_value(),
                 retain: p.retain,
-                reply: p.reply,
+                reply: p.reply.map(TopicName::into_name),
                 id: p.id,
             }),
             Self::Ping { id } => ClientFrame::Ping { id },
@@ -143,17 +144,17 @@ impl ClientFrameRef<'_> {
     }
 }
 
-/// The body of a `pub` frame, borrowing its `data` when it can. See [`Publish`].
+/// The body of a `pub` frame, borrowing its topics and `data` when it can. See [`Publish`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishRef<'a> {
     /// See [`Publish::topic`].
-    pub topic: TopicName,
+    pub topic: TopicName<Cow<'a, str>>,
     /// See [`Publish::data`].
     pub data: Data<'a>,
     /// See [`Publish::retain`].
     pub retain: bool,
     /// See [`Publish::reply`].
-    pub reply: Option<TopicName>,
+    pub reply: Option<TopicName<Cow<'a, str>>>,
     /// See [`Publish::id`].
     pub id: Option<u64>,
 }

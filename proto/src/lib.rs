@@ -9,6 +9,8 @@
 //!   public contract, see `PROTOCOL.md`) and MessagePack with named fields in binary frames.
 //!   [`decode_client_ref`] decodes a JSON `pub` keeping its `data` as the text it came as
 //!   ([`Data::Raw`]), which [`MsgRef`] writes as is into JSON and parses for MessagePack.
+//! - `scan`: a quick reader for the envelope of the usual JSON frame, serde being the fallback
+//!   for anything else.
 //!
 //! ```text
 //!  bytes ──codec::decode_client──► ClientFrame ──(broker routes)──► MsgRef ──codec::encode_msg──► bytes
@@ -17,11 +19,12 @@
 
 pub mod codec;
 pub mod frame;
+mod scan;
 pub mod topic;
 
 pub use codec::{
-    decode_client, decode_client_ref, decode_server, encode_client, encode_msg, encode_msg_text,
-    encode_server, Encoding,
+    decode_client, decode_client_ref, decode_client_text, decode_server, encode_client, encode_msg,
+    encode_msg_text, encode_server, Encoding,
 };
 pub use frame::{
     ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, Message, MsgRef, Publish,

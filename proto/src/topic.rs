@@ -77,11 +77,38 @@ fn check_common(s: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Whether `s` passes every syntax rule of a topic name, in one pass over its bytes: the
+/// check of every publish. A string that does not is checked rule by rule, for the error.
+fn is_plain_name(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    if bytes.len() > MAX_TOPIC_BYTES || first == b'/' || last == b'/' {
+        return false;
+    }
+    let mut levels = 1;
+    let mut prev = first;
+    for &b in bytes {
+        match b {
+            b'/' if prev == b'/' => return false,
+            b'/' => levels += 1,
+            0 | b'+' | b'#' => return false,
+            _ => {}
+        }
+        prev = b;
+    }
+    levels <= MAX_TOPIC_LEVELS
+}
+
 /// A topic a message can be published to: no wildcards, not starting with `$` unless the broker
 /// made it (see [`TopicName::system`]).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TopicName(String);
+///
+/// `S` holds the text: a `String` by default, or a borrowed `&str` (see [`TopicName::view`])
+/// or `Cow<str>` (a decoded frame's topic, borrowed from the frame when it had no escapes), so
+/// the publish path can check and route a topic without copying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName<S = String>(S);
 
 impl TopicName {
     /// Validates a topic a client wants to publish to.
@@ -89,12 +116,7 @@ impl TopicName {
     /// # Errors
     /// [`TopicError`] when the string is not a valid name, contains a wildcard or starts with `$`.
     pub fn new(s: impl Into<String>) -> Result<Self, TopicError> {
-        let s = s.into();
-        Self::check_syntax(&s)?;
-        if s.starts_with('$') {
-            return Err(TopicError::Reserved);
-        }
-        Ok(Self(s))
+        TopicName::checked(s.into())
     }
 
     /// Validates a topic the broker itself publishes to; it may start with `$`.
@@ -106,8 +128,26 @@ impl TopicName {
         Self::check_syntax(&s)?;
         Ok(Self(s))
     }
+}
+
+impl<S: AsRef<str>> TopicName<S> {
+    /// Validates a topic a client wants to publish to, held in any string type (see
+    /// [`TopicName::new`]).
+    ///
+    /// # Errors
+    /// As [`TopicName::new`].
+    pub fn checked(s: S) -> Result<Self, TopicError> {
+        Self::check_syntax(s.as_ref())?;
+        if s.as_ref().starts_with('$') {
+            return Err(TopicError::Reserved);
+        }
+        Ok(Self(s))
+    }
 
     fn check_syntax(s: &str) -> Result<(), TopicError> {
+        if is_plain_name(s) {
+            return Ok(());
+        }
         check_common(s)?;
         if s.contains(['+', '#']) {
             return Err(TopicError::WildcardInName);
@@ -117,17 +157,53 @@ impl TopicName {
 
     /// The topic as written.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_ref()
     }
 
     /// The levels, in order.
     pub fn levels(&self) -> std::str::Split<'_, char> {
-        self.0.split('/')
+        self.as_str().split('/')
     }
 
     /// Whether this topic belongs to the broker (starts with `$`).
     pub fn is_system(&self) -> bool {
-        self.0.starts_with('$')
+        self.as_str().starts_with('$')
+    }
+
+    /// The same topic, borrowed.
+    pub fn view(&self) -> TopicName<&str> {
+        TopicName(self.as_str())
+    }
+
+    /// The same topic, owning its text.
+    pub fn to_name(&self) -> TopicName {
+        TopicName(self.as_str().to_owned())
+    }
+}
+
+impl TopicName<std::borrow::Cow<'_, str>> {
+    /// The topic, owning its text (copied only if it was borrowed).
+    pub fn into_name(self) -> TopicName {
+        TopicName(self.0.into_owned())
+    }
+}
+
+impl Serialize for TopicName {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::system(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -175,7 +251,7 @@ impl TopicFilter {
     /// Whether a message published on `topic` is delivered to this filter.
     ///
     /// This is the reference rule; the broker's subscription index must agree with it.
-    pub fn matches(&self, topic: &TopicName) -> bool {
+    pub fn matches<S: AsRef<str>>(&self, topic: &TopicName<S>) -> bool {
         let mut filter = self.levels();
         let mut name = topic.levels();
         let first = self.0.split('/').next().unwrap_or_default();
@@ -191,13 +267,6 @@ impl TopicFilter {
                 _ => return false,
             }
         }
-    }
-}
-
-impl TryFrom<String> for TopicName {
-    type Error = TopicError;
-    fn try_from(s: String) -> Result<Self, TopicError> {
-        Self::system(s)
     }
 }
 
@@ -220,9 +289,9 @@ impl From<TopicFilter> for String {
     }
 }
 
-impl fmt::Display for TopicName {
+impl<S: AsRef<str>> fmt::Display for TopicName<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -232,9 +301,9 @@ impl fmt::Display for TopicFilter {
     }
 }
 
-impl AsRef<str> for TopicName {
+impl<S: AsRef<str>> AsRef<str> for TopicName<S> {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
@@ -249,6 +318,20 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        #[test]
+        fn the_one_pass_check_agrees_with_the_rules(
+            s in prop_oneof![
+                "[a-z/+#]{0,12}",
+                "([a-z]{1,3}/){0,40}[a-z]{0,3}",
+                any::<String>(),
+            ],
+        ) {
+            let by_rules = check_common(&s).is_ok() && !s.contains(['+', '#']);
+            prop_assert_eq!(is_plain_name(&s), by_rules);
+        }
+    }
 
     fn matches(filter: &str, topic: &str) -> bool {
         TopicFilter::new(filter)
