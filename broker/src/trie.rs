@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use proto::{TopicFilter, TopicName};
+use proto::{Levels, TopicFilter, TopicName};
 use smallvec::SmallVec;
 
 /// Children by level. foldhash rather than SipHash: levels are short and a publish hashes one
@@ -174,7 +174,7 @@ impl<S: Subscriber> Trie<S> {
 
     fn collect<'a>(
         node: &'a Node<S>,
-        mut levels: std::str::Split<'_, char>,
+        mut levels: Levels<'_>,
         first: bool,
         system: bool,
         out: &mut Matches<'a, S>,

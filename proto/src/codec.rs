@@ -77,6 +77,21 @@ pub(crate) struct Envelope<'a, D> {
     pub kind: Option<Cow<'a, str>>,
 }
 
+impl<'a, D> Envelope<'a, D> {
+    pub(crate) fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Envelope<'a, E> {
+        Envelope {
+            op: self.op,
+            id: self.id,
+            topic: self.topic,
+            data: self.data.map(f),
+            retain: self.retain,
+            reply: self.reply,
+            name: self.name,
+            kind: self.kind,
+        }
+    }
+}
+
 impl<D> Default for Envelope<'_, D> {
     fn default() -> Self {
         Self {
@@ -171,9 +186,13 @@ fn decode_text(text: &str) -> Option<Result<ClientFrameRef<'_>, FrameError>> {
         return None;
     }
     // The usual frame is read by hand (`scan`); anything unusual by serde.
-    let env = scan::envelope(text)
-        .or_else(|| serde_json::from_str::<Envelope<'_, &RawValue>>(text).ok())?;
-    if !env.data.is_none_or(|d| passes_as_is(d.get())) {
+    let env = match scan::envelope(text) {
+        Some(env) => env,
+        None => serde_json::from_str::<Envelope<'_, &RawValue>>(text)
+            .ok()?
+            .map_data(RawValue::get),
+    };
+    if !env.data.is_none_or(passes_as_is) {
         return None;
     }
     Some(validate(env, |data| {

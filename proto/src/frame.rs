@@ -161,23 +161,24 @@ pub struct PublishRef<'a> {
 
 /// JSON text, as a publisher sent it, that is known to parse into a [`Value`].
 ///
-/// Only [`decode_client_ref`](crate::decode_client_ref) makes one, after checking that the text
-/// holds nothing that parsing into a `Value` could refuse (see `codec::passes_as_is`); that is
-/// what lets [`RawJson::to_value`] be infallible.
+/// Only [`decode_client_ref`](crate::decode_client_ref) makes one, from text whose syntax
+/// serde_json checked (or, for a string without escapes, the quick reader), after checking that
+/// it holds nothing that parsing into a `Value` could refuse (see `codec::passes_as_is`); that
+/// is what lets [`RawJson::to_value`] be infallible.
 #[derive(Debug, Clone, Copy)]
-pub struct RawJson<'a>(&'a RawValue);
+pub struct RawJson<'a>(&'a str);
 
 impl<'a> RawJson<'a> {
     /// `null`: what a `pub` without `data` publishes.
-    pub(crate) const NULL: RawJson<'static> = RawJson(RawValue::NULL);
+    pub(crate) const NULL: RawJson<'static> = RawJson("null");
 
-    pub(crate) fn new_unchecked(raw: &'a RawValue) -> Self {
-        Self(raw)
+    pub(crate) fn new_unchecked(text: &'a str) -> Self {
+        Self(text)
     }
 
     /// The text, without surrounding whitespace.
     pub fn get(self) -> &'a str {
-        self.0.get()
+        self.0
     }
 
     /// Whether the value is `null`.
@@ -273,7 +274,13 @@ impl Serialize for DataRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Value(v) => v.serialize(serializer),
-            Self::Raw(raw) if serializer.is_human_readable() => raw.0.serialize(serializer),
+            // Only serde_json can write raw text; the message encoder writes it without serde
+            // (`encode_msg_text`), so this copy is off the usual path.
+            Self::Raw(raw) if serializer.is_human_readable() => {
+                RawValue::from_string(raw.0.to_owned())
+                    .map_err(serde::ser::Error::custom)?
+                    .serialize(serializer)
+            }
             Self::Raw(raw) => raw.to_value().serialize(serializer),
         }
     }

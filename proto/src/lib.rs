@@ -30,7 +30,7 @@ pub use frame::{
     ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, Message, MsgRef, Publish,
     PublishRef, RawJson, ServerFrame,
 };
-pub use topic::{TopicError, TopicFilter, TopicName};
+pub use topic::{Levels, TopicError, TopicFilter, TopicName};
 
 /// Version of the wire protocol described in `PROTOCOL.md`. Advertised over DNS-SD so that a
 /// node can skip a broker that speaks another one.
