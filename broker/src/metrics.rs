@@ -25,7 +25,7 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     /// Bytes of client frames received.
     pub bytes_in: AtomicU64,
-    /// Bytes of frames queued to clients.
+    /// Bytes of frames written to clients' sockets.
     pub bytes_out: AtomicU64,
     /// Retained topics held now.
     pub retained: AtomicU64,

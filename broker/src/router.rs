@@ -275,7 +275,6 @@ impl Outbox {
             // Only an empty queue can have a writer waiting on it.
             self.ready.notify_one();
         }
-        metrics.bytes_out.fetch_add(len as u64, Relaxed);
         true
     }
 

@@ -35,6 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::router::{ws_message, Outbox, OutboxRx, Outgoing, Publication, Router};
 
 /// At most this many frames already read are handled before the reader looks at shutdown,
@@ -72,6 +73,15 @@ impl Ending {
     }
 }
 
+/// Counts kept by a session and added to the shared [`Metrics`](crate::metrics::Metrics) once
+/// per batch of frames read, not once per frame: a shared counter costs an atomic add each time.
+#[derive(Default)]
+struct Tally {
+    frames_in: u64,
+    bytes_in: u64,
+    messages_in: u64,
+}
+
 /// A connected client.
 struct Session {
     id: u64,
@@ -83,6 +93,8 @@ struct Session {
     filters: HashSet<TopicFilter>,
     /// `hello` name and kind, once given.
     name: Option<(String, String)>,
+    /// Counts not yet added to the shared metrics.
+    tally: Tally,
 }
 
 /// Serves one WebSocket client until it goes away or `shutdown` is cancelled.
@@ -99,8 +111,14 @@ pub(crate) async fn serve<S>(
     let (outbox, outbox_rx) = Outbox::new(id, config.outbox_frames, config.outbox_bytes);
     let (sink, mut stream) = ws.split();
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_loop(sink, outbox_rx, outbox.clone(), close_rx));
     let metrics = router.metrics.clone();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbox_rx,
+        outbox.clone(),
+        metrics.clone(),
+        close_rx,
+    ));
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(client = id, %peer, "connected");
@@ -113,6 +131,7 @@ pub(crate) async fn serve<S>(
         outbox,
         filters: HashSet::new(),
         name: None,
+        tally: Tally::default(),
     };
     let ending = session.read_loop(&mut stream, &shutdown).await;
     tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
@@ -200,9 +219,19 @@ impl Session {
                             return ending;
                         }
                     }
+                    self.add_tally();
                 }
             }
         }
+    }
+
+    /// Adds the counts kept since the last time to the shared metrics.
+    fn add_tally(&mut self) {
+        let tally = std::mem::take(&mut self.tally);
+        let metrics = &self.router.metrics;
+        metrics.frames_in.fetch_add(tally.frames_in, Relaxed);
+        metrics.bytes_in.fetch_add(tally.bytes_in, Relaxed);
+        metrics.messages_in.fetch_add(tally.messages_in, Relaxed);
     }
 
     /// Handles what the socket gave: a frame, an error, or its end. Returns why the session
@@ -256,9 +285,8 @@ impl Session {
         enc: Encoding,
         decode: impl FnOnce() -> Result<ClientFrameRef<'f>, FrameError>,
     ) {
-        let metrics = &self.router.metrics;
-        metrics.frames_in.fetch_add(1, Relaxed);
-        metrics.bytes_in.fetch_add(len as u64, Relaxed);
+        self.tally.frames_in += 1;
+        self.tally.bytes_in += len as u64;
         self.outbox.set_encoding(enc);
         if len > self.config.max_frame_bytes {
             let err = FrameError::new(
@@ -285,7 +313,7 @@ impl Session {
         let ok = id.map(|id| ServerFrame::Ok { id });
         match frame {
             ClientFrameRef::Pub(p) => {
-                self.router.metrics.messages_in.fetch_add(1, Relaxed);
+                self.tally.messages_in += 1;
                 self.router.publish(Publication {
                     topic: p.topic.view(),
                     data: p.data.as_ref(),
@@ -360,6 +388,7 @@ impl Session {
 
     /// Drops everything the client held; turns its presence offline.
     fn cleanup(&mut self) {
+        self.add_tally();
         self.router.unsubscribe_all(self.filters.iter(), self.id);
         self.filters.clear();
         if let Some((name, kind)) = self.name.take() {
@@ -379,6 +408,7 @@ async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
     mut rx: OutboxRx,
     outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
     mut close_rx: oneshot::Receiver<Option<CloseFrame>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -391,11 +421,13 @@ async fn write_loop<S>(
                 // A slow consumer gets no backlog: it is cut off precisely for not reading it.
                 if !outbox.is_slow() {
                     rx.try_recv_all(&mut batch);
+                    let mut written = Written::default();
                     while let Some(item) = batch.pop_front() {
-                        if write_item(&mut sink, item, &outbox).await.is_err() {
+                        if write_item(&mut sink, item, &outbox, &mut written).await.is_err() {
                             return;
                         }
                     }
+                    written.hand_over(&outbox, &metrics);
                 }
                 let _ = match close.ok().flatten() {
                     Some(frame) => sink.send(WsMessage::Close(Some(frame))).await,
@@ -405,39 +437,58 @@ async fn write_loop<S>(
             }
             () = rx.recv_all(&mut batch) => {
                 let taken = batch.len();
-                let mut fed = 0;
+                let mut written = Written::default();
                 while let Some(item) = batch.pop_front() {
-                    match write_item(&mut sink, item, &outbox).await {
-                        Ok(n) => fed += n,
-                        Err(_) => return,
+                    if write_item(&mut sink, item, &outbox, &mut written).await.is_err() {
+                        return;
                     }
-                    if fed >= WRITE_BATCH {
+                    if written.frames >= WRITE_BATCH {
                         if sink.flush().await.is_err() {
                             return;
                         }
-                        fed = 0;
+                        written.hand_over(&outbox, &metrics);
                     }
                 }
                 if sink.flush().await.is_err() {
                     return;
                 }
+                written.hand_over(&outbox, &metrics);
                 OutboxRx::recycle(&mut batch, taken);
             }
         }
     }
 }
 
+/// Frames and queued bytes fed to the socket since they were last accounted for.
+#[derive(Default)]
+struct Written {
+    frames: usize,
+    bytes: usize,
+}
+
+impl Written {
+    /// Takes the bytes out of the client's budget and counts them out, once for many frames.
+    fn hand_over(&mut self, outbox: &Outbox, metrics: &Metrics) {
+        if self.bytes > 0 {
+            outbox.sent(self.bytes);
+            metrics.bytes_out.fetch_add(self.bytes as u64, Relaxed);
+        }
+        *self = Self::default();
+    }
+}
+
 /// Feeds one queued item (a frame, or every frame of a replay, flushing along the way so a
-/// long replay does not pile up in memory). Returns the number of frames fed.
+/// long replay does not pile up in memory), and counts it in `written`.
 async fn write_item<S>(
     sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
     item: Outgoing,
     outbox: &Outbox,
-) -> Result<usize, WsError>
+    written: &mut Written,
+) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let len = item.queued_len();
+    written.bytes += item.queued_len();
     let mut fed = 0;
     for frame in item.into_frames(outbox.encoding()) {
         sink.feed(frame).await?;
@@ -446,6 +497,6 @@ where
             sink.flush().await?;
         }
     }
-    outbox.sent(len);
-    Ok(fed)
+    written.frames += fed;
+    Ok(())
 }
