@@ -10,7 +10,7 @@
 //! retained.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -320,11 +320,51 @@ impl Retained {
     }
 }
 
+/// The subscribers of a publisher's last topic, as [`Router::publish_cached`] keeps them: valid
+/// while the router's generation (bumped by every subscribe and unsubscribe) is the one they
+/// were found at. Holds no more than [`RouteCache::MAX_TARGETS`] of them: a larger fan-out
+/// costs far more to deliver than to look up.
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    topic: String,
+    /// `None` when nothing valid is held.
+    generation: Option<u64>,
+    targets: Vec<Arc<Outbox>>,
+}
+
+impl RouteCache {
+    /// Most subscribers kept.
+    pub const MAX_TARGETS: usize = 64;
+
+    fn holds(&self, topic: &str, generation: u64) -> bool {
+        self.generation == Some(generation) && self.topic == topic
+    }
+
+    fn fill<'a>(
+        &mut self,
+        topic: &str,
+        generation: u64,
+        found: impl IntoIterator<Item = &'a Arc<Outbox>>,
+    ) {
+        self.targets.clear();
+        self.targets.extend(found.into_iter().cloned());
+        self.topic.clear();
+        self.topic.push_str(topic);
+        self.generation = Some(generation);
+        if self.targets.len() > Self::MAX_TARGETS {
+            // Used this once, then let go.
+            self.generation = None;
+        }
+    }
+}
+
 /// Routing state shared by every session.
 #[derive(Debug, Default)]
 pub struct Router {
     /// Filter → subscribers.
     index: RwLock<Trie<Outbox>>,
+    /// Bumped by every change to `index`, while holding it for writing.
+    generation: AtomicU64,
     /// Topic → last retained value; ordered so replays come in a stable order.
     retained: Mutex<BTreeMap<TopicName, Arc<Retained>>>,
     /// `hello` names online → the id of the client holding each.
@@ -349,32 +389,64 @@ pub struct Publication<'a, D = &'a Value> {
     pub retain: bool,
 }
 
+/// A target with the encoding it reads now (a client may switch between frames).
+fn with_encoding(outbox: &Arc<Outbox>) -> (&Arc<Outbox>, Encoding) {
+    (outbox, outbox.encoding())
+}
+
+impl<'a, D: Into<DataRef<'a>>> Publication<'a, D> {
+    fn into_data_ref(self) -> Publication<'a, DataRef<'a>> {
+        Publication {
+            topic: self.topic,
+            data: self.data.into(),
+            from: self.from,
+            reply: self.reply,
+            retain: self.retain,
+        }
+    }
+}
+
 impl Router {
     /// Delivers `p` to every subscriber whose filters match its topic, once each, encoding
     /// it at most once per encoding in use. Returns the number of deliveries.
     pub fn publish<'a, D: Into<DataRef<'a>>>(&self, p: Publication<'a, D>) -> usize {
-        self.route(Publication {
-            topic: p.topic,
-            data: p.data.into(),
-            from: p.from,
-            reply: p.reply,
-            retain: p.retain,
-        })
+        self.route(p.into_data_ref(), None)
+    }
+
+    /// [`Router::publish`] for a client that publishes again and again: its last topic's
+    /// subscribers are kept in `cache` and reused while no subscription anywhere changes,
+    /// instead of being looked up in the index for every message.
+    pub fn publish_cached<'a, D: Into<DataRef<'a>>>(
+        &self,
+        p: Publication<'a, D>,
+        cache: &mut RouteCache,
+    ) -> usize {
+        self.route(p.into_data_ref(), Some(cache))
     }
 
     /// [`Router::publish`], once the value is a [`DataRef`].
-    fn route(&self, p: Publication<'_, DataRef<'_>>) -> usize {
+    fn route(&self, p: Publication<'_, DataRef<'_>>, cache: Option<&mut RouteCache>) -> usize {
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         if p.retain {
             self.retain(p);
         }
         let msg = MsgRef::new(p.topic.as_str(), p.data, p.from, p.reply);
-        // Each target with the encoding it reads now (a client may switch between frames).
-        let targets: SmallVec<[(&Arc<Outbox>, Encoding); 8]> = index
-            .matches(&p.topic)
-            .into_iter()
-            .map(|outbox| (outbox, outbox.encoding()))
-            .collect();
+        let targets: SmallVec<[(&Arc<Outbox>, Encoding); 8]> = match cache {
+            Some(cache) => {
+                // Read under the index lock, which every change to the index holds for
+                // writing: the generation and the index agree.
+                let generation = self.generation.load(Relaxed);
+                if !cache.holds(p.topic.as_str(), generation) {
+                    cache.fill(p.topic.as_str(), generation, index.matches(&p.topic));
+                }
+                cache.targets.iter().map(with_encoding).collect()
+            }
+            None => index
+                .matches(&p.topic)
+                .into_iter()
+                .map(with_encoding)
+                .collect(),
+        };
         // The frame is encoded once per encoding; the last target of an encoding takes it
         // and the others a clone, so a frame with one reader is never shared.
         let mut left = [0usize; 2];
@@ -424,6 +496,7 @@ impl Router {
     /// happens, as a fresh subscription would get it).
     pub fn subscribe(&self, filter: &TopicFilter, outbox: &Arc<Outbox>) -> bool {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Relaxed);
         let added = index.insert(filter, outbox.clone());
         if added {
             self.metrics.subscriptions.fetch_add(1, Relaxed);
@@ -443,6 +516,7 @@ impl Router {
     /// Removes one subscription. Returns false if the client did not hold it.
     pub fn unsubscribe(&self, filter: &TopicFilter, id: u64) -> bool {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Relaxed);
         let removed = index.remove(filter, id);
         if removed {
             self.metrics.subscriptions.fetch_sub(1, Relaxed);
@@ -453,6 +527,7 @@ impl Router {
     /// Removes every subscription of a client that is going away.
     pub fn unsubscribe_all<'a>(&self, filters: impl IntoIterator<Item = &'a TopicFilter>, id: u64) {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Relaxed);
         for filter in filters {
             if index.remove(filter, id) {
                 self.metrics.subscriptions.fetch_sub(1, Relaxed);
@@ -538,6 +613,65 @@ mod tests {
         let (late, mut late_rx) = Outbox::new(2, 16, 1 << 20);
         router.subscribe(&TopicFilter::new("#").unwrap(), &late);
         assert!(drain(&mut late_rx).is_empty());
+    }
+
+    #[test]
+    fn cached_routes_follow_every_subscription_change() {
+        let router = Router::default();
+        let mut cache = RouteCache::default();
+        let mut send = |t: &str| {
+            let t = topic(t);
+            router.publish_cached(
+                Publication {
+                    topic: t.view(),
+                    data: &json!(1),
+                    from: None,
+                    reply: None,
+                    retain: false,
+                },
+                &mut cache,
+            )
+        };
+        let (a, mut a_rx) = Outbox::new(1, 64, 1 << 20);
+        let (b, mut b_rx) = Outbox::new(2, 64, 1 << 20);
+        router.subscribe(&TopicFilter::new("x/#").unwrap(), &a);
+        assert_eq!(send("x/1"), 1);
+        assert_eq!(send("x/1"), 1, "from the cache");
+        router.subscribe(&TopicFilter::new("x/1").unwrap(), &b);
+        assert_eq!(send("x/1"), 2, "a new subscriber is seen at once");
+        assert_eq!(send("x/2"), 1, "another topic is looked up");
+        assert_eq!(send("x/1"), 2);
+        router.unsubscribe_all([&TopicFilter::new("x/1").unwrap()], 2);
+        assert_eq!(send("x/1"), 1, "a subscriber gone is not delivered to");
+        router.unsubscribe(&TopicFilter::new("x/#").unwrap(), 1);
+        assert_eq!(send("x/1"), 0);
+        assert_eq!(drain(&mut a_rx).len(), 6);
+        assert_eq!(drain(&mut b_rx).len(), 2);
+    }
+
+    #[test]
+    fn a_large_fan_out_is_not_kept() {
+        let router = Router::default();
+        let f = TopicFilter::new("t").unwrap();
+        let queues: Vec<_> = (0..RouteCache::MAX_TARGETS as u64 + 1)
+            .map(|id| {
+                let (outbox, rx) = Outbox::new(id, 4, 1 << 20);
+                router.subscribe(&f, &outbox);
+                rx
+            })
+            .collect();
+        let mut cache = RouteCache::default();
+        let t = topic("t");
+        let p = Publication {
+            topic: t.view(),
+            data: &json!(1),
+            from: None,
+            reply: None,
+            retain: false,
+        };
+        assert_eq!(router.publish_cached(p, &mut cache), queues.len());
+        assert_eq!(cache.generation, None);
+        assert_eq!(router.publish_cached(p, &mut cache), queues.len());
     }
 
     /// A router with a JSON and a MessagePack subscriber to `filter`; their queues.

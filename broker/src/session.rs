@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::router::{ws_message, Outbox, OutboxRx, Outgoing, Publication, Router};
+use crate::router::{ws_message, Outbox, OutboxRx, Outgoing, Publication, RouteCache, Router};
 
 /// At most this many frames already read are handled before the reader looks at shutdown,
 /// cut-off and keepalive again.
@@ -95,6 +95,8 @@ struct Session {
     name: Option<(String, String)>,
     /// Counts not yet added to the shared metrics.
     tally: Tally,
+    /// The subscribers of this client's last topic.
+    routes: RouteCache,
 }
 
 /// Serves one WebSocket client until it goes away or `shutdown` is cancelled.
@@ -132,6 +134,7 @@ pub(crate) async fn serve<S>(
         filters: HashSet::new(),
         name: None,
         tally: Tally::default(),
+        routes: RouteCache::default(),
     };
     let ending = session.read_loop(&mut stream, &shutdown).await;
     tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
@@ -314,13 +317,16 @@ impl Session {
         match frame {
             ClientFrameRef::Pub(p) => {
                 self.tally.messages_in += 1;
-                self.router.publish(Publication {
-                    topic: p.topic.view(),
-                    data: p.data.as_ref(),
-                    from: self.name.as_ref().map(|(n, _)| n.as_str()),
-                    reply: p.reply.as_ref().map(|r| r.as_str()),
-                    retain: p.retain,
-                });
+                self.router.publish_cached(
+                    Publication {
+                        topic: p.topic.view(),
+                        data: p.data.as_ref(),
+                        from: self.name.as_ref().map(|(n, _)| n.as_str()),
+                        reply: p.reply.as_ref().map(|r| r.as_str()),
+                        retain: p.retain,
+                    },
+                    &mut self.routes,
+                );
                 Ok(ok)
             }
             ClientFrameRef::Sub { topic, .. } => {
