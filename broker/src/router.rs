@@ -12,13 +12,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
 use proto::{DataRef, Encoding, MsgRef, TopicFilter, TopicName};
 use serde_json::{json, Value};
 use smallvec::SmallVec;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -86,14 +87,34 @@ impl Outgoing {
     }
 
     /// The frames to write, in `enc`.
-    pub fn into_frames(self, enc: Encoding) -> impl Iterator<Item = WsMessage> {
+    pub fn into_frames(self, enc: Encoding) -> Frames {
         let (frame, replay) = match self {
             Self::Frame(msg) => (Some(msg), Vec::new()),
             Self::Replay { values, .. } => (None, values),
         };
-        frame
-            .into_iter()
-            .chain(replay.into_iter().map(move |r| r.frame(enc)))
+        Frames {
+            frame,
+            replay: replay.into_iter(),
+            enc,
+        }
+    }
+}
+
+/// The frames of one [`Outgoing`] item, as [`Outgoing::into_frames`] gives them.
+#[derive(Debug)]
+pub struct Frames {
+    frame: Option<WsMessage>,
+    replay: std::vec::IntoIter<Arc<Retained>>,
+    enc: Encoding,
+}
+
+impl Iterator for Frames {
+    type Item = WsMessage;
+
+    fn next(&mut self) -> Option<WsMessage> {
+        self.frame
+            .take()
+            .or_else(|| self.replay.next().map(|r| r.frame(self.enc)))
     }
 }
 
@@ -121,7 +142,7 @@ pub struct Outbox {
     /// Most items queued at once.
     max_frames: usize,
     /// Wakes the writer when the queue stops being empty.
-    ready: Notify,
+    ready: AtomicWaker,
     /// Bytes queued and not yet handed to the socket; bounds memory as well as frame count.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -164,14 +185,29 @@ impl OutboxRx {
         true
     }
 
+    /// Moves everything queued into `batch` (which should be empty), or, if nothing is, arranges
+    /// for the task to be woken when something is.
+    pub fn poll_recv_all(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Outgoing>,
+    ) -> Poll<()> {
+        if self.try_recv_all(batch) {
+            return Poll::Ready(());
+        }
+        // Registered before looking again: a push in between wakes us rather than being missed.
+        self.outbox.ready.register(cx.waker());
+        if self.try_recv_all(batch) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Waits until something is queued, then moves everything queued into `batch` (which
     /// should be empty). Cancel-safe: nothing is taken until it returns.
     pub async fn recv_all(&mut self, batch: &mut VecDeque<Outgoing>) {
-        while !self.try_recv_all(batch) {
-            // A push into an empty queue stores a permit if we are not waiting yet, so a
-            // push between the check above and this wait is not missed.
-            self.outbox.ready.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_recv_all(cx, batch)).await;
     }
 
     /// Gives back memory a past burst left in an emptied `batch`.
@@ -204,7 +240,7 @@ impl Outbox {
             encoding: AtomicU8::new(Encoding::Json.index() as u8),
             queue: Mutex::new(Queue::default()),
             max_frames: frames.max(1),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             cut_off: CancellationToken::new(),
@@ -273,7 +309,7 @@ impl Outbox {
         drop(queue);
         if was_empty {
             // Only an empty queue can have a writer waiting on it.
-            self.ready.notify_one();
+            self.ready.wake();
         }
         true
     }

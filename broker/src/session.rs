@@ -1,31 +1,34 @@
-//! One client connection: a reader loop (this task) that decodes frames and acts on them, and a
-//! writer task that drains the client's [`Outbox`] into the socket, many frames per flush.
+//! One client connection, served by one task that does both sides: it reads and acts on the
+//! client's frames, and drains the client's [`Outbox`] into the socket, many frames per flush.
 //!
 //! ```text
-//!  socket ─► reader ─► proto::decode_client_ref ─► Router (publish / subscribe / presence)
-//!                 │                                      │ push, never waits
-//!                 └──── ok / err / pong ──► Outbox ◄─────┘
-//!                                             │ bounded (frames and bytes)
-//!  socket ◄── feed, feed, ..., flush ◄── writer
+//!  socket ─► read ─► proto::decode_client_text / _ref ─► Router (publish / subscribe / presence)
+//!              │                                             │ push, never waits
+//!              └──── ok / err / pong ──► Outbox ◄────────────┘ (wakes this task)
+//!                                          │ bounded (frames and bytes)
+//!  socket ◄── start_send, ..., flush ◄── write
 //! ```
+//!
+//! Both sides are polled in turn and neither waits on the other: a client that does not read
+//! (its socket full) still has its frames read, until its outbox fills and it is cut off. One
+//! task rather than a reader and a writer: no lock between two halves of the socket, no second
+//! wake-up per batch, and one task less for every idle connection to carry.
 //!
 //! The session ends when the client closes, the connection fails, the keepalive goes
 //! unanswered, the client is cut off as a slow consumer, or the broker shuts down. In every case
 //! its subscriptions go, its name is released and its presence turns offline (a last will).
 
 use std::collections::{HashSet, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{ready, SinkExt, StreamExt};
 use proto::{ClientFrameRef, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -36,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::router::{ws_message, Outbox, OutboxRx, Outgoing, Publication, RouteCache, Router};
+use crate::router::{
+    ws_message, Frames, Outbox, OutboxRx, Outgoing, Publication, RouteCache, Router,
+};
 
 /// At most this many frames already read are handled before the reader looks at shutdown,
 /// cut-off and keepalive again.
@@ -101,7 +106,7 @@ struct Session {
 
 /// Serves one WebSocket client until it goes away or `shutdown` is cancelled.
 pub(crate) async fn serve<S>(
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<S>,
     id: u64,
     peer: SocketAddr,
     router: Arc<Router>,
@@ -111,20 +116,12 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (outbox, outbox_rx) = Outbox::new(id, config.outbox_frames, config.outbox_bytes);
-    let (sink, mut stream) = ws.split();
-    let (close_tx, close_rx) = oneshot::channel();
     let metrics = router.metrics.clone();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        outbox_rx,
-        outbox.clone(),
-        metrics.clone(),
-        close_rx,
-    ));
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(client = id, %peer, "connected");
 
+    let mut writer = Writer::new(outbox_rx, outbox.clone(), metrics.clone());
     let mut session = Session {
         id,
         peer,
@@ -136,25 +133,33 @@ pub(crate) async fn serve<S>(
         tally: Tally::default(),
         routes: RouteCache::default(),
     };
-    let ending = session.read_loop(&mut stream, &shutdown).await;
+    let ending = session.run(&mut ws, &mut writer, &shutdown).await;
     tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
     session.cleanup();
 
-    // Let the writer deliver what is queued and the close frame, but never wait long on a peer
-    // that does not read.
+    // Deliver what is queued and the close frame, but never wait long on a peer that does not
+    // read. A slow consumer gets no backlog: it is cut off precisely for not reading it.
     let we_close = ending.close.is_some();
-    let _ = close_tx.send(ending.close);
-    let abort = writer.abort_handle();
-    if timeout(CLOSE_GRACE, writer).await.is_err() {
-        abort.abort();
-    }
+    let slow = session.outbox.is_slow();
+    let _ = timeout(CLOSE_GRACE, async {
+        if !slow {
+            poll_fn(|cx| writer.poll_drain(&mut ws, cx)).await?;
+        }
+        match ending.close {
+            Some(frame) => ws.send(WsMessage::Close(Some(frame))).await,
+            None => SinkExt::close(&mut ws).await,
+        }
+    })
+    .await;
+    // From here on the outbox refuses pushes.
+    drop(writer);
     if we_close {
         // Read on for a moment, until the client's own close frame or its end of stream:
         // closing the socket while the client's last frames (pongs, publishes) are in flight
         // would answer them with a TCP reset, and a reset can destroy our close frame unread
         // in the client's receive buffer.
         let _ = timeout(LINGER, async {
-            while let Some(Ok(msg)) = stream.next().await {
+            while let Some(Ok(msg)) = ws.next().await {
                 if msg.is_close() {
                     break;
                 }
@@ -165,10 +170,22 @@ pub(crate) async fn serve<S>(
     metrics.connections.fetch_sub(1, Relaxed);
 }
 
+/// What woke the session.
+enum Event {
+    /// The session must end.
+    End(Ending),
+    /// Time to ping the client.
+    Ping,
+    /// The socket gave a frame, an error or its end.
+    Frame(Option<Result<WsMessage, WsError>>),
+}
+
 impl Session {
-    async fn read_loop<S>(
+    /// Serves the client until the session must end; says why.
+    async fn run<S>(
         &mut self,
-        stream: &mut SplitStream<WebSocketStream<S>>,
+        ws: &mut WebSocketStream<S>,
+        writer: &mut Writer,
         shutdown: &CancellationToken,
     ) -> Ending
     where
@@ -187,33 +204,50 @@ impl Session {
         let cut_off = cut_off.cancelled();
         tokio::pin!(cut_off);
         loop {
-            tokio::select! {
-                _ = &mut shutdown => {
-                    return Ending::close(CloseCode::Away, "broker shutting down");
+            let event = poll_fn(|cx| {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    let ending = Ending::close(CloseCode::Away, "broker shutting down");
+                    return Poll::Ready(Event::End(ending));
                 }
-                _ = &mut cut_off => {
-                    return Ending::close(CloseCode::Policy, "slow consumer: outgoing queue full");
+                if cut_off.as_mut().poll(cx).is_ready() {
+                    let ending =
+                        Ending::close(CloseCode::Policy, "slow consumer: outgoing queue full");
+                    return Poll::Ready(Event::End(ending));
                 }
-                _ = ping.tick() => {
+                if ping.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Event::Ping);
+                }
+                // Writing first: whatever it cannot finish now, it resumes when woken.
+                if let Poll::Ready(Err(e)) = writer.poll_write(ws, cx) {
+                    tracing::debug!(client = self.id, error = %e, "connection error");
+                    return Poll::Ready(Event::End(Ending::gone("connection error")));
+                }
+                ws.poll_next_unpin(cx).map(Event::Frame)
+            })
+            .await;
+            match event {
+                Event::End(ending) => return ending,
+                Event::Ping => {
                     if last_seen.elapsed() > keepalive * 2 {
                         return Ending::close(CloseCode::Away, "keepalive timeout");
                     }
-                    self.outbox.push(WsMessage::Ping(Default::default()), &self.router.metrics);
+                    self.outbox
+                        .push(WsMessage::Ping(Default::default()), &self.router.metrics);
                 }
-                frame = stream.next() => {
+                Event::Frame(frame) => {
                     last_seen = Instant::now();
                     if let Some(ending) = self.on_message(frame) {
                         return ending;
                     }
                     // Frames already read from the socket are handled right away, a bounded
-                    // number of them, before the other branches get their turn again. They are
-                    // polled with this task's own waker: a different one (`now_or_never`) would
-                    // be swapped in and out of the socket's waker slot every time.
+                    // number of them, before the other events get their turn again.
                     for _ in 1..READ_BATCH {
-                        let Some(frame) = poll_fn(|cx| Poll::Ready(match stream.poll_next_unpin(cx) {
-                            Poll::Ready(frame) => Some(frame),
-                            Poll::Pending => None,
-                        }))
+                        let Some(frame) = poll_fn(|cx| {
+                            Poll::Ready(match ws.poll_next_unpin(cx) {
+                                Poll::Ready(frame) => Some(frame),
+                                Poll::Pending => None,
+                            })
+                        })
                         .await
                         else {
                             break;
@@ -407,61 +441,133 @@ impl Session {
     }
 }
 
-/// Drains the outbox into the socket: waits until something is queued, takes everything queued
-/// at once, feeds it, flushing every [`WRITE_BATCH`] frames and at the end. On the close signal
-/// it delivers what is still queued and the close frame.
-async fn write_loop<S>(
-    mut sink: SplitSink<WebSocketStream<S>, WsMessage>,
-    mut rx: OutboxRx,
+/// The write side of a session: drains the client's outbox into the socket, taking everything
+/// queued at once, and flushing every [`WRITE_BATCH`] frames and whenever the queue runs dry.
+/// Polled, never awaited: when the socket is full it keeps its place and the session reads on.
+struct Writer {
+    rx: OutboxRx,
     outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
-    mut close_rx: oneshot::Receiver<Option<CloseFrame>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    // What was queued, taken in one go; empty between rounds.
-    let mut batch = VecDeque::new();
-    loop {
-        tokio::select! {
-            close = &mut close_rx => {
-                // A slow consumer gets no backlog: it is cut off precisely for not reading it.
-                if !outbox.is_slow() {
-                    rx.try_recv_all(&mut batch);
-                    let mut written = Written::default();
-                    while let Some(item) = batch.pop_front() {
-                        if write_item(&mut sink, item, &outbox, &mut written).await.is_err() {
-                            return;
-                        }
-                    }
-                    written.hand_over(&outbox, &metrics);
-                }
-                let _ = match close.ok().flatten() {
-                    Some(frame) => sink.send(WsMessage::Close(Some(frame))).await,
-                    None => sink.close().await,
-                };
-                return;
+    /// Items taken from the outbox and not written yet.
+    batch: VecDeque<Outgoing>,
+    /// The item being written, its frames not yet given to the socket.
+    current: Option<Frames>,
+    /// A frame taken from `current` that the socket had no room for yet.
+    next: Option<WsMessage>,
+    /// Written since the last flush.
+    written: Written,
+    /// Items in the last batch taken, to give back what a past burst left in `batch`.
+    taken: usize,
+}
+
+impl Writer {
+    fn new(rx: OutboxRx, outbox: Arc<Outbox>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            rx,
+            outbox,
+            metrics,
+            batch: VecDeque::new(),
+            current: None,
+            next: None,
+            written: Written::default(),
+            taken: 0,
+        }
+    }
+
+    /// The next frame to write, if anything is queued; registers for a wake-up if not.
+    fn next_frame(&mut self, cx: &mut Context<'_>) -> Option<WsMessage> {
+        loop {
+            if let Some(frame) = self.next.take() {
+                return Some(frame);
             }
-            () = rx.recv_all(&mut batch) => {
-                let taken = batch.len();
-                let mut written = Written::default();
-                while let Some(item) = batch.pop_front() {
-                    if write_item(&mut sink, item, &outbox, &mut written).await.is_err() {
-                        return;
+            if let Some(frame) = self.current.as_mut().and_then(Iterator::next) {
+                return Some(frame);
+            }
+            self.current = None;
+            let item = match self.batch.pop_front() {
+                Some(item) => item,
+                None => {
+                    OutboxRx::recycle(&mut self.batch, self.taken);
+                    if self.rx.poll_recv_all(cx, &mut self.batch).is_pending() {
+                        return None;
                     }
-                    if written.frames >= WRITE_BATCH {
-                        if sink.flush().await.is_err() {
-                            return;
-                        }
-                        written.hand_over(&outbox, &metrics);
-                    }
+                    self.taken = self.batch.len();
+                    continue;
                 }
-                if sink.flush().await.is_err() {
-                    return;
+            };
+            self.written.bytes += item.queued_len();
+            self.current = Some(item.into_frames(self.outbox.encoding()));
+        }
+    }
+
+    /// Writes what it can. `Ready(Ok)` once everything queued is written and flushed;
+    /// `Pending` while the queue is empty or the socket full (the task is woken for either).
+    fn poll_write<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // No bound of its own on a long backlog: tokio's budget makes the socket say `Pending`
+        // after so many writes in one go, waking the task to go on later. (Yielding here too
+        // made the scheduler move the task to another thread, and the cross-thread wake-ups
+        // that follow cost more than the writing.)
+        loop {
+            let Some(frame) = self.next_frame(cx) else {
+                ready!(self.poll_flush(ws, cx))?;
+                return Poll::Pending;
+            };
+            match ws.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => ws.start_send_unpin(frame)?,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.next = Some(frame);
+                    return Poll::Pending;
                 }
-                written.hand_over(&outbox, &metrics);
-                OutboxRx::recycle(&mut batch, taken);
+            }
+            self.written.frames += 1;
+            if self.written.frames >= WRITE_BATCH {
+                ready!(self.poll_flush(ws, cx))?;
             }
         }
+    }
+
+    /// Writes everything queued and flushes it, then is `Ready`.
+    fn poll_drain<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if let Poll::Ready(Err(e)) = self.poll_write(ws, cx) {
+            return Poll::Ready(Err(e));
+        }
+        let done = self.next.is_none() && self.current.is_none() && self.batch.is_empty();
+        if done && self.written.frames == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Flushes what was written since the last flush, if anything was.
+    fn poll_flush<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.written.frames > 0 {
+            ready!(ws.poll_flush_unpin(cx))?;
+            self.written.hand_over(&self.outbox, &self.metrics);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -481,28 +587,4 @@ impl Written {
         }
         *self = Self::default();
     }
-}
-
-/// Feeds one queued item (a frame, or every frame of a replay, flushing along the way so a
-/// long replay does not pile up in memory), and counts it in `written`.
-async fn write_item<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
-    item: Outgoing,
-    outbox: &Outbox,
-    written: &mut Written,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    written.bytes += item.queued_len();
-    let mut fed = 0;
-    for frame in item.into_frames(outbox.encoding()) {
-        sink.feed(frame).await?;
-        fed += 1;
-        if fed % WRITE_BATCH == 0 {
-            sink.flush().await?;
-        }
-    }
-    written.frames += fed;
-    Ok(())
 }
