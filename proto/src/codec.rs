@@ -128,14 +128,22 @@ fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8], enc: Encoding) -> Result<
 }
 
 fn to_bytes<T: Serialize + ?Sized>(value: &T, enc: Encoding) -> Vec<u8> {
+    to_bytes_sized(value, enc, 128)
+}
+
+/// [`to_bytes`] into a buffer of `capacity` to start with.
+fn to_bytes_sized<T: Serialize + ?Sized>(value: &T, enc: Encoding, capacity: usize) -> Vec<u8> {
     // Neither encoder can fail on these types: they write into a Vec, and every map key
     // (struct fields, `serde_json::Value` objects) is a string.
+    let mut out = Vec::with_capacity(capacity);
     match enc {
-        Encoding::Json => serde_json::to_vec(value).expect("JSON encoding of a frame cannot fail"),
-        Encoding::MsgPack => {
-            rmp_serde::to_vec_named(value).expect("MessagePack encoding of a frame cannot fail")
+        Encoding::Json => {
+            serde_json::to_writer(&mut out, value).expect("JSON encoding of a frame cannot fail")
         }
+        Encoding::MsgPack => rmp_serde::encode::write_named(&mut out, value)
+            .expect("MessagePack encoding of a frame cannot fail"),
     }
+    out
 }
 
 /// Whether the encoded value is an object (a map), judging by its first byte.
@@ -364,7 +372,16 @@ pub fn encode_server(frame: &ServerFrame, enc: Encoding) -> Vec<u8> {
 
 /// Encodes a delivered message without copying what the broker holds.
 pub fn encode_msg(msg: &MsgRef<'_>, enc: Encoding) -> Vec<u8> {
-    to_bytes(msg, enc)
+    // Room for the fields and the value, as far as it can be told cheaply: most messages are
+    // encoded without growing the buffer.
+    let strings = [msg.topic, msg.from.unwrap_or(""), msg.reply.unwrap_or("")];
+    let data = match msg.data {
+        DataRef::Raw(raw) => raw.get().len(),
+        DataRef::Value(Value::String(s)) => s.len() + 8,
+        DataRef::Value(_) => 64,
+    };
+    let capacity = 64 + data + strings.iter().map(|s| s.len()).sum::<usize>();
+    to_bytes_sized(msg, enc, capacity)
 }
 
 /// Encodes a delivered message as JSON text, ready for a WebSocket text frame (a `String`: it
