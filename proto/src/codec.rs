@@ -19,10 +19,10 @@ use serde_json::Value;
 
 use crate::frame::{
     check_name, ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, MsgRef,
-    PublishRef, RawJson, ServerFrame,
+    PublishRef, RawJson, RawMsgPack, ServerFrame,
 };
-use crate::scan;
 use crate::topic::{TopicFilter, TopicName};
+use crate::{scan, scan_msgpack};
 
 /// How a frame is encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,9 +169,9 @@ pub fn decode_client(bytes: &[u8], enc: Encoding) -> Result<ClientFrame, FrameEr
     decode(bytes, enc, false).map(ClientFrameRef::into_owned)
 }
 
-/// Decodes and validates a frame sent by a client, keeping a JSON `pub`'s `data` as the text it
-/// arrived as ([`Data::Raw`]) when it can. Accepts and refuses exactly what [`decode_client`]
-/// does, with the same errors.
+/// Decodes and validates a frame sent by a client, keeping a `pub`'s `data` as it arrived, JSON
+/// text ([`Data::Raw`]) or MessagePack bytes ([`Data::RawMsgPack`]), when it can. Accepts and
+/// refuses exactly what [`decode_client`] does, with the same errors.
 ///
 /// # Errors
 /// As [`decode_client`].
@@ -222,6 +222,14 @@ fn decode(bytes: &[u8], enc: Encoding, raw: bool) -> Result<ClientFrameRef<'_>, 
         // whole frame costs less.
         if let Some(decoded) = std::str::from_utf8(bytes).ok().and_then(decode_text) {
             return decoded;
+        }
+    }
+    if raw && enc == Encoding::MsgPack {
+        // The usual frame is read by hand (`scan_msgpack`); anything else by rmp_serde below.
+        if let Some(env) = scan_msgpack::envelope(bytes) {
+            return validate(env, |data| {
+                Data::RawMsgPack(data.map_or(RawMsgPack::NULL, RawMsgPack::new_unchecked))
+            });
         }
     }
     let env: Envelope<'_, Value> = from_bytes(bytes, enc).map_err(|message| {
@@ -372,16 +380,58 @@ pub fn encode_server(frame: &ServerFrame, enc: Encoding) -> Vec<u8> {
 
 /// Encodes a delivered message without copying what the broker holds.
 pub fn encode_msg(msg: &MsgRef<'_>, enc: Encoding) -> Vec<u8> {
+    if let (DataRef::RawMsgPack(data), Encoding::MsgPack) = (msg.data, enc) {
+        return encode_msgpack_around(msg, data.get());
+    }
     // Room for the fields and the value, as far as it can be told cheaply: most messages are
     // encoded without growing the buffer.
     let strings = [msg.topic, msg.from.unwrap_or(""), msg.reply.unwrap_or("")];
     let data = match msg.data {
         DataRef::Raw(raw) => raw.get().len(),
+        DataRef::RawMsgPack(raw) => raw.get().len(),
         DataRef::Value(Value::String(s)) => s.len() + 8,
         DataRef::Value(_) => 64,
     };
     let capacity = 64 + data + strings.iter().map(|s| s.len()).sum::<usize>();
     to_bytes_sized(msg, enc, capacity)
+}
+
+/// A `msg` in MessagePack around `data`, bytes a MessagePack publisher sent: the fields written
+/// one by one, in the order and form rmp_serde gives them (a map of named fields), and the bytes
+/// as they are.
+fn encode_msgpack_around(msg: &MsgRef<'_>, data: &[u8]) -> Vec<u8> {
+    let optional = [("from", msg.from), ("reply", msg.reply)];
+    let fields = 4 + optional.iter().filter(|(_, v)| v.is_some()).count() as u32;
+    let strings = [
+        msg.op,
+        msg.topic,
+        msg.from.unwrap_or(""),
+        msg.reply.unwrap_or(""),
+    ];
+    // Each string's header takes at most 5 bytes; the keys take 30 with theirs.
+    let capacity = 5 + 30 + data.len() + 1 + strings.iter().map(|s| s.len() + 5).sum::<usize>();
+    let mut out = Vec::with_capacity(capacity);
+    written(rmp::encode::write_map_len(&mut out, fields));
+    for (key, value) in [("op", msg.op), ("topic", msg.topic)] {
+        written(rmp::encode::write_str(&mut out, key));
+        written(rmp::encode::write_str(&mut out, value));
+    }
+    written(rmp::encode::write_str(&mut out, "data"));
+    out.extend_from_slice(data);
+    for (key, value) in optional {
+        if let Some(value) = value {
+            written(rmp::encode::write_str(&mut out, key));
+            written(rmp::encode::write_str(&mut out, value));
+        }
+    }
+    written(rmp::encode::write_str(&mut out, "retained"));
+    written(rmp::encode::write_bool(&mut out, msg.retained));
+    out
+}
+
+/// Takes the result of a write into a `Vec`, which cannot fail: it grows as needed.
+fn written<T, E>(result: Result<T, E>) {
+    debug_assert!(result.is_ok(), "a write into a Vec failed");
 }
 
 /// Encodes a delivered message as JSON text, ready for a WebSocket text frame (a `String`: it
@@ -843,6 +893,33 @@ mod tests {
                 encode_msg(&raw, Encoding::MsgPack),
                 encode_msg(&parsed, Encoding::MsgPack)
             );
+        }
+
+        #[test]
+        fn raw_msgpack_data_is_delivered_like_its_value(
+            data in data(),
+            from in prop::option::of("[a-z0-9-]{1,8}"),
+            reply in prop::option::of("[a-z_/0-9]{1,12}"),
+            retained in any::<bool>(),
+        ) {
+            let frame = ClientFrame::Pub(Publish {
+                topic: TopicName::new("t").unwrap(),
+                data: data.clone(),
+                retain: false,
+                reply: None,
+                id: None,
+            });
+            let bytes = encode_client(&frame, Encoding::MsgPack);
+            let Ok(ClientFrameRef::Pub(p)) = decode_client_ref(&bytes, Encoding::MsgPack) else {
+                panic!("not a pub");
+            };
+            prop_assert!(matches!(p.data, Data::RawMsgPack(_)), "{:?}", p.data);
+            let with = |data| MsgRef { retained, ..MsgRef::new("t", data, from.as_deref(), reply.as_deref()) };
+            let (raw, parsed) = (with(p.data.as_ref()), with(DataRef::Value(&data)));
+            // The publisher wrote what rmp_serde writes: the very same bytes come out.
+            prop_assert_eq!(encode_msg(&raw, Encoding::MsgPack), encode_msg(&parsed, Encoding::MsgPack));
+            prop_assert_eq!(encode_msg_text(&raw), encode_msg_text(&parsed));
+            prop_assert_eq!(p.data.into_value(), data);
         }
 
         #[test]

@@ -206,12 +206,55 @@ impl PartialEq for RawJson<'_> {
     }
 }
 
-/// A published value as decoded: raw JSON text from a JSON publisher, or a [`Value`].
+/// MessagePack bytes of one value, as a publisher sent them, that are known to convert to a
+/// [`Value`] and back without a change that matters (see `scan_msgpack::plain_value`): what
+/// lets [`RawMsgPack::to_value`] be infallible, and MessagePack subscribers get the bytes as is.
+#[derive(Debug, Clone, Copy)]
+pub struct RawMsgPack<'a>(&'a [u8]);
+
+impl<'a> RawMsgPack<'a> {
+    /// `nil`: what a `pub` without `data` publishes.
+    pub(crate) const NULL: RawMsgPack<'static> = RawMsgPack(&[0xc0]);
+
+    pub(crate) fn new_unchecked(bytes: &'a [u8]) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes.
+    pub fn get(self) -> &'a [u8] {
+        self.0
+    }
+
+    /// Whether the value is `nil`.
+    pub fn is_null(self) -> bool {
+        self.0 == [0xc0]
+    }
+
+    /// The value, decoded.
+    pub fn to_value(self) -> Value {
+        // Checked at construction: the bytes convert. Null keeps this free of panics regardless.
+        let decoded = rmp_serde::from_slice(self.0);
+        debug_assert!(decoded.is_ok(), "raw MessagePack that does not convert");
+        decoded.unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for RawMsgPack<'_> {
+    /// Equal when they hold the same value (not necessarily the same bytes).
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0 || self.to_value() == other.to_value()
+    }
+}
+
+/// A published value as decoded: what a publisher sent, kept as is (JSON text or MessagePack
+/// bytes) when it can be, or a [`Value`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data<'a> {
     /// The text a JSON publisher sent, borrowed from its frame.
     Raw(RawJson<'a>),
-    /// A decoded value (MessagePack publishers, and JSON that could not pass as is).
+    /// The bytes a MessagePack publisher sent, borrowed from its frame.
+    RawMsgPack(RawMsgPack<'a>),
+    /// A decoded value (when what was sent could not pass as is).
     Value(Value),
 }
 
@@ -220,14 +263,16 @@ impl Data<'_> {
     pub fn as_ref(&self) -> DataRef<'_> {
         match self {
             Self::Raw(raw) => DataRef::Raw(*raw),
+            Self::RawMsgPack(raw) => DataRef::RawMsgPack(*raw),
             Self::Value(v) => DataRef::Value(v),
         }
     }
 
-    /// The value, parsing raw text.
+    /// The value, parsing raw text or bytes.
     pub fn into_value(self) -> Value {
         match self {
             Self::Raw(raw) => raw.to_value(),
+            Self::RawMsgPack(raw) => raw.to_value(),
             Self::Value(v) => v,
         }
     }
@@ -237,11 +282,14 @@ impl Data<'_> {
 ///
 /// Serializes as the value it holds. Raw text is written as is only by human-readable
 /// serializers, which for the frames means serde_json; any other serializer (MessagePack) gets
-/// the text parsed into a [`Value`], never the text as a string.
+/// the text parsed into a [`Value`], never the text as a string. Raw MessagePack is always
+/// decoded into a [`Value`] to serialize (the encoders write it as is without serde).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DataRef<'a> {
     /// See [`Data::Raw`].
     Raw(RawJson<'a>),
+    /// See [`Data::RawMsgPack`].
+    RawMsgPack(RawMsgPack<'a>),
     /// A value.
     Value(&'a Value),
 }
@@ -251,6 +299,7 @@ impl DataRef<'_> {
     pub fn is_null(self) -> bool {
         match self {
             Self::Raw(raw) => raw.is_null(),
+            Self::RawMsgPack(raw) => raw.is_null(),
             Self::Value(v) => v.is_null(),
         }
     }
@@ -259,6 +308,7 @@ impl DataRef<'_> {
     pub fn to_value(self) -> Value {
         match self {
             Self::Raw(raw) => raw.to_value(),
+            Self::RawMsgPack(raw) => raw.to_value(),
             Self::Value(v) => v.clone(),
         }
     }
@@ -282,6 +332,8 @@ impl Serialize for DataRef<'_> {
                     .serialize(serializer)
             }
             Self::Raw(raw) => raw.to_value().serialize(serializer),
+            // rmp_serde cannot write raw bytes either; `encode_msg` writes them without serde.
+            Self::RawMsgPack(raw) => raw.to_value().serialize(serializer),
         }
     }
 }

@@ -9,8 +9,8 @@
 //!   public contract, see `PROTOCOL.md`) and MessagePack with named fields in binary frames.
 //!   [`decode_client_ref`] decodes a JSON `pub` keeping its `data` as the text it came as
 //!   ([`Data::Raw`]), which [`MsgRef`] writes as is into JSON and parses for MessagePack.
-//! - `scan`: a quick reader for the envelope of the usual JSON frame, serde being the fallback
-//!   for anything else.
+//! - `scan`, `scan_msgpack`: quick readers for the envelope of the usual JSON and MessagePack
+//!   frames, serde being the fallback for anything else.
 //!
 //! ```text
 //!  bytes ──codec::decode_client──► ClientFrame ──(broker routes)──► MsgRef ──codec::encode_msg──► bytes
@@ -20,6 +20,7 @@
 pub mod codec;
 pub mod frame;
 mod scan;
+mod scan_msgpack;
 pub mod topic;
 
 pub use codec::{
@@ -28,7 +29,7 @@ pub use codec::{
 };
 pub use frame::{
     ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, Message, MsgRef, Publish,
-    PublishRef, RawJson, ServerFrame,
+    PublishRef, RawJson, RawMsgPack, ServerFrame,
 };
 pub use topic::{Levels, TopicError, TopicFilter, TopicName};
 

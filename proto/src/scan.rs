@@ -60,7 +60,7 @@ pub(crate) fn envelope(text: &str) -> Option<Envelope<'_, &str>> {
 }
 
 /// Fills a field once; a second time is not plain (serde refuses duplicate fields).
-fn set<T>(field: &mut Option<T>, value: T) -> Option<()> {
+pub(crate) fn set<T>(field: &mut Option<T>, value: T) -> Option<()> {
     match field {
         Some(_) => None,
         None => {

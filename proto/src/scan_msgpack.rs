@@ -1,0 +1,310 @@
+//! A quick reader for the usual MessagePack client frame (what nodes send), the counterpart of
+//! `scan` for binary frames: the envelope read straight from the bytes, and `data` kept as the
+//! bytes it arrived as, so the broker writes them as is into the `msg` for MessagePack
+//! subscribers instead of decoding them into a `Value` and encoding that again.
+//!
+//! It reads only the plain case: string keys, the usual fields with the types they should
+//! have (`id` an unsigned integer, `retain` a boolean), each at most once, and `data` a value
+//! that converts to a JSON value without a change (see [`plain_value`]). Anything else gives
+//! `None`, and the frame goes through rmp_serde, which decides and words every error. A property
+//! test (`codec::tests`) holds what it reads to what rmp_serde reads.
+
+use std::borrow::Cow;
+
+use rmp::Marker;
+
+use crate::codec::Envelope;
+use crate::scan::set;
+
+/// Nesting deeper than this is left to the ordinary path.
+const MAX_DEPTH: usize = 64;
+
+/// The envelope of `bytes`, if it is a plain frame; `data` comes as its MessagePack bytes.
+pub(crate) fn envelope(bytes: &[u8]) -> Option<Envelope<'_, &[u8]>> {
+    let (&marker, mut rest) = bytes.split_first()?;
+    let fields = match Marker::from_u8(marker) {
+        Marker::FixMap(n) => usize::from(n),
+        Marker::Map16 => take_len(&mut rest, 2)?,
+        Marker::Map32 => take_len(&mut rest, 4)?,
+        _ => return None,
+    };
+    let mut env = Envelope::default();
+    for _ in 0..fields {
+        let key = string(&mut rest)?;
+        match key {
+            "op" => set(&mut env.op, Cow::Borrowed(string(&mut rest)?))?,
+            "topic" => set(&mut env.topic, Cow::Borrowed(string(&mut rest)?))?,
+            "reply" => set(&mut env.reply, Cow::Borrowed(string(&mut rest)?))?,
+            "name" => set(&mut env.name, Cow::Borrowed(string(&mut rest)?))?,
+            "kind" => set(&mut env.kind, Cow::Borrowed(string(&mut rest)?))?,
+            "id" => set(&mut env.id, unsigned(&mut rest)?)?,
+            "retain" => set(&mut env.retain, boolean(&mut rest)?)?,
+            "data" => {
+                let len = plain_value(rest, 0)?;
+                let (data, after) = rest.split_at(len);
+                set(&mut env.data, data)?;
+                rest = after;
+            }
+            _ => {
+                // Skipped when plain; anything else is rmp_serde's to skip. (Not rmp's
+                // `MessageLen`: it panics on some extension types.)
+                let len = plain_value(rest, 0)?;
+                rest = &rest[len..];
+            }
+        }
+    }
+    rest.is_empty().then_some(env)
+}
+
+/// A big-endian length of `width` bytes, taken from the front of `rest`.
+fn take_len(rest: &mut &[u8], width: usize) -> Option<usize> {
+    let (head, tail) = rest.split_at_checked(width)?;
+    *rest = tail;
+    Some(head.iter().fold(0, |len, &b| len << 8 | usize::from(b)))
+}
+
+/// A string, taken from the front of `rest`.
+fn string<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+    let (s, tail) = rmp::decode::read_str_from_slice(*rest).ok()?;
+    *rest = tail;
+    Some(s)
+}
+
+/// An unsigned integer, taken from the front of `rest`.
+fn unsigned(rest: &mut &[u8]) -> Option<u64> {
+    let (&marker, mut tail) = rest.split_first()?;
+    let n = match Marker::from_u8(marker) {
+        Marker::FixPos(n) => u64::from(n),
+        Marker::U8 => take_len(&mut tail, 1)? as u64,
+        Marker::U16 => take_len(&mut tail, 2)? as u64,
+        Marker::U32 => take_len(&mut tail, 4)? as u64,
+        Marker::U64 => {
+            let (head, after) = tail.split_at_checked(8)?;
+            tail = after;
+            u64::from_be_bytes(head.try_into().ok()?)
+        }
+        _ => return None,
+    };
+    *rest = tail;
+    Some(n)
+}
+
+/// A boolean, taken from the front of `rest`.
+fn boolean(rest: &mut &[u8]) -> Option<bool> {
+    let (&marker, tail) = rest.split_first()?;
+    let b = match Marker::from_u8(marker) {
+        Marker::True => true,
+        Marker::False => false,
+        _ => return None,
+    };
+    *rest = tail;
+    Some(b)
+}
+
+/// The length of the value at the front of `bytes`, if it converts to a JSON value and back
+/// without a change that matters: nil, booleans, integers, finite floats, UTF-8 strings, and
+/// arrays and maps of those (maps with string keys), at most [`MAX_DEPTH`] deep. Binary data,
+/// extensions, `NaN` (which becomes `null`) and other keys are left to the ordinary path.
+pub(crate) fn plain_value(bytes: &[u8], depth: usize) -> Option<usize> {
+    let (&marker, rest) = bytes.split_first()?;
+    let mut rest = rest;
+    let fixed = |len: usize| (rest.len() >= len).then_some(1 + len);
+    match Marker::from_u8(marker) {
+        Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+            Some(1)
+        }
+        Marker::U8 | Marker::I8 => fixed(1),
+        Marker::U16 | Marker::I16 => fixed(2),
+        Marker::U32 | Marker::I32 => fixed(4),
+        Marker::U64 | Marker::I64 => fixed(8),
+        Marker::F32 => {
+            let bits = rest.get(..4)?.try_into().ok()?;
+            f32::from_be_bytes(bits).is_finite().then_some(5)
+        }
+        Marker::F64 => {
+            let bits = rest.get(..8)?.try_into().ok()?;
+            f64::from_be_bytes(bits).is_finite().then_some(9)
+        }
+        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+            let (_, tail) = rmp::decode::read_str_from_slice(bytes).ok()?;
+            Some(bytes.len() - tail.len())
+        }
+        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 if depth < MAX_DEPTH => {
+            let items = match Marker::from_u8(marker) {
+                Marker::FixArray(n) => usize::from(n),
+                Marker::Array16 => take_len(&mut rest, 2)?,
+                _ => take_len(&mut rest, 4)?,
+            };
+            for _ in 0..items {
+                let len = plain_value(rest, depth + 1)?;
+                rest = &rest[len..];
+            }
+            Some(bytes.len() - rest.len())
+        }
+        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 if depth < MAX_DEPTH => {
+            let entries = match Marker::from_u8(marker) {
+                Marker::FixMap(n) => usize::from(n),
+                Marker::Map16 => take_len(&mut rest, 2)?,
+                _ => take_len(&mut rest, 4)?,
+            };
+            for _ in 0..entries {
+                string(&mut rest)?;
+                let len = plain_value(rest, depth + 1)?;
+                rest = &rest[len..];
+            }
+            Some(bytes.len() - rest.len())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// An envelope's fields as plain values, to compare; `data` as a `Value` (`nil` as none).
+    type Fields = (
+        [Option<String>; 5],
+        Option<u64>,
+        Option<bool>,
+        Option<Value>,
+    );
+
+    fn fields<D>(env: &Envelope<'_, D>, data: impl Fn(&D) -> Value) -> Fields {
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_owned);
+        (
+            [
+                text(&env.op),
+                text(&env.topic),
+                text(&env.reply),
+                text(&env.name),
+                text(&env.kind),
+            ],
+            env.id,
+            env.retain,
+            env.data.as_ref().map(data).filter(|d| !d.is_null()),
+        )
+    }
+
+    fn serde(bytes: &[u8]) -> Option<Fields> {
+        rmp_serde::from_slice::<Envelope<'_, Value>>(bytes)
+            .ok()
+            .map(|e| fields(&e, Value::clone))
+    }
+
+    fn quick(bytes: &[u8]) -> Option<Fields> {
+        envelope(bytes).map(|e| fields(&e, |d| rmp_serde::from_slice(d).unwrap()))
+    }
+
+    /// Writes a value of some kind: mostly what frames hold, sometimes not plain. (Writes into
+    /// a `Vec` cannot fail.)
+    fn value(out: &mut Vec<u8>, kind: u8, n: u64, s: &str) {
+        use rmp::encode::*;
+        match kind % 12 {
+            0 => drop(write_str(out, s)),
+            1 => drop(write_uint(out, n)),
+            2 => drop(write_sint(out, -(n as i64 % 1000) - 1)),
+            3 => drop(write_bool(out, n % 2 == 0)),
+            4 => drop(write_f64(out, n as f64 / 7.0)),
+            5 => drop(write_nil(out)),
+            6 => {
+                // {"k": [1, "x"]}
+                let _ = write_map_len(out, 1);
+                let _ = write_str(out, "k");
+                let _ = write_array_len(out, 2);
+                let _ = write_uint(out, 1);
+                let _ = write_str(out, "x");
+            }
+            7 => drop(write_bin(out, s.as_bytes())),
+            8 => drop(write_f64(out, f64::NAN)),
+            9 => {
+                // A map with an integer key.
+                let _ = write_map_len(out, 1);
+                let _ = write_uint(out, 3);
+                let _ = write_uint(out, 4);
+            }
+            10 => {
+                // A one-byte extension (`FixExt1`).
+                let _ = write_ext_meta(out, 1, 5);
+                out.push(1);
+            }
+            _ => drop(write_f32(out, n as f32)),
+        }
+    }
+
+    /// Frames of the usual keys in any order, duplicates and strangers included.
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop::sample::select(vec![
+            "op", "topic", "reply", "name", "kind", "id", "retain", "data", "data", "topic",
+            "other",
+        ]);
+        let field = (key, any::<u8>(), any::<u64>(), "[a-z/é]{0,6}");
+        (
+            prop::collection::vec(field, 0..5),
+            prop_oneof![6 => Just(vec![]), 1 => Just(vec![0xc0])],
+        )
+            .prop_map(|(fields, tail)| {
+                let mut out = Vec::new();
+                let _ = rmp::encode::write_map_len(&mut out, fields.len() as u32);
+                for (key, kind, n, s) in fields {
+                    let _ = rmp::encode::write_str(&mut out, key);
+                    // The usual type for the usual key, most of the time.
+                    let kind = match (key, kind % 3) {
+                        ("id", 0 | 1) => 1,
+                        ("retain", 0 | 1) => 3,
+                        ("op" | "topic" | "reply" | "name" | "kind", 0 | 1) => 0,
+                        _ => kind,
+                    };
+                    value(&mut out, kind, n, &s);
+                }
+                out.extend(tail);
+                out
+            })
+    }
+
+    #[test]
+    fn the_frames_tried_are_often_plain_enough_to_read() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = frame();
+        let read = (0..1000)
+            .filter(|_| quick(&strategy.new_tree(&mut runner).unwrap().current()).is_some())
+            .count();
+        assert!(read > 150, "only {read} of 1000 frames were read by hand");
+    }
+
+    #[test]
+    fn leaves_the_unusual_to_rmp_serde() {
+        let mut nan = vec![0x81, 0xa4];
+        nan.extend(b"data");
+        nan.push(0xcb);
+        nan.extend(f64::NAN.to_be_bytes());
+        assert_eq!(quick(&nan), None, "NaN becomes null through a Value");
+        let mut bin = vec![0x81, 0xa4];
+        bin.extend(b"data");
+        bin.extend([0xc4, 1, 7]);
+        assert_eq!(quick(&bin), None, "binary data has no JSON form");
+        assert_eq!(quick(&[0x81, 0x00, 0x01]), None, "an integer key");
+        assert_eq!(quick(&[0x91, 0x01]), None, "an array");
+        assert_eq!(quick(&[0x80, 0xc0]), None, "trailing bytes");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn reads_what_rmp_serde_reads_or_leaves_it(bytes in frame()) {
+            if let Some(fields) = quick(&bytes) {
+                prop_assert_eq!(Some(fields), serde(&bytes), "{:?}", bytes);
+            }
+        }
+
+        #[test]
+        fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = envelope(&bytes);
+        }
+    }
+}
