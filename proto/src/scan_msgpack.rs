@@ -30,22 +30,24 @@ pub(crate) fn envelope(bytes: &[u8]) -> Option<Envelope<'_, &[u8]>> {
     };
     let mut env = Envelope::default();
     for _ in 0..fields {
-        let key = string(&mut rest)?;
+        // Known keys are told by their bytes, which spares checking them for UTF-8.
+        let key = string_bytes(&mut rest)?;
         match key {
-            "op" => set(&mut env.op, Cow::Borrowed(string(&mut rest)?))?,
-            "topic" => set(&mut env.topic, Cow::Borrowed(string(&mut rest)?))?,
-            "reply" => set(&mut env.reply, Cow::Borrowed(string(&mut rest)?))?,
-            "name" => set(&mut env.name, Cow::Borrowed(string(&mut rest)?))?,
-            "kind" => set(&mut env.kind, Cow::Borrowed(string(&mut rest)?))?,
-            "id" => set(&mut env.id, unsigned(&mut rest)?)?,
-            "retain" => set(&mut env.retain, boolean(&mut rest)?)?,
-            "data" => {
+            b"op" => set(&mut env.op, Cow::Borrowed(string(&mut rest)?))?,
+            b"topic" => set(&mut env.topic, Cow::Borrowed(string(&mut rest)?))?,
+            b"reply" => set(&mut env.reply, Cow::Borrowed(string(&mut rest)?))?,
+            b"name" => set(&mut env.name, Cow::Borrowed(string(&mut rest)?))?,
+            b"kind" => set(&mut env.kind, Cow::Borrowed(string(&mut rest)?))?,
+            b"id" => set(&mut env.id, unsigned(&mut rest)?)?,
+            b"retain" => set(&mut env.retain, boolean(&mut rest)?)?,
+            b"data" => {
                 let len = plain_value(rest, 0)?;
                 let (data, after) = rest.split_at(len);
                 set(&mut env.data, data)?;
                 rest = after;
             }
             _ => {
+                std::str::from_utf8(key).ok()?;
                 // Skipped when plain; anything else is rmp_serde's to skip. (Not rmp's
                 // `MessageLen`: it panics on some extension types.)
                 let len = plain_value(rest, 0)?;
@@ -65,8 +67,21 @@ fn take_len(rest: &mut &[u8], width: usize) -> Option<usize> {
 
 /// A string, taken from the front of `rest`.
 fn string<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
-    let (s, tail) = rmp::decode::read_str_from_slice(*rest).ok()?;
-    *rest = tail;
+    std::str::from_utf8(string_bytes(rest)?).ok()
+}
+
+/// A string's bytes, not checked for UTF-8, taken from the front of `rest`.
+fn string_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (&marker, mut tail) = rest.split_first()?;
+    let len = match Marker::from_u8(marker) {
+        Marker::FixStr(n) => usize::from(n),
+        Marker::Str8 => take_len(&mut tail, 1)?,
+        Marker::Str16 => take_len(&mut tail, 2)?,
+        Marker::Str32 => take_len(&mut tail, 4)?,
+        _ => return None,
+    };
+    let (s, after) = tail.split_at_checked(len)?;
+    *rest = after;
     Some(s)
 }
 
@@ -126,8 +141,9 @@ pub(crate) fn plain_value(bytes: &[u8], depth: usize) -> Option<usize> {
             f64::from_be_bytes(bits).is_finite().then_some(9)
         }
         Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
-            let (_, tail) = rmp::decode::read_str_from_slice(bytes).ok()?;
-            Some(bytes.len() - tail.len())
+            let mut rest = bytes;
+            string(&mut rest)?;
+            Some(bytes.len() - rest.len())
         }
         Marker::FixArray(_) | Marker::Array16 | Marker::Array32 if depth < MAX_DEPTH => {
             let items = match Marker::from_u8(marker) {
