@@ -2,7 +2,8 @@
 //!
 //! Parts:
 //! - [`listener`]: the accept loop; tells WebSocket upgrades from plain HTTP on one port.
-//! - [`session`]: one task per client (reader) plus its writer; decodes frames with `proto`.
+//! - [`session`]: one task per client, reading its frames (decoded with `proto`) and writing its
+//!   outbox.
 //! - [`router`]: the subscription index ([`trie`]), retained values, names online (presence),
 //!   and each client's bounded [`Outbox`](router::Outbox).
 //! - [`http`]: the dashboard, `/metrics`, `/healthz`.
@@ -13,7 +14,7 @@
 //! ```text
 //!  TcpListener ─► listener ─┬─ HTTP GET ─► http (dashboard, /metrics, /healthz)
 //!                           └─ WebSocket ─► session ─► Router ─► Outbox of each subscriber
-//!                                                                 └─► writer ─► socket
+//!                                                                 └─► its session ─► socket
 //! ```
 //!
 //! Start one with [`run`]; the caller binds the listener and owns the shutdown token.

@@ -22,12 +22,11 @@ const MAX_DEPTH: usize = 64;
 /// The envelope of `bytes`, if it is a plain frame; `data` comes as its MessagePack bytes.
 pub(crate) fn envelope(bytes: &[u8]) -> Option<Envelope<'_, &[u8]>> {
     let (&marker, mut rest) = bytes.split_first()?;
-    let fields = match Marker::from_u8(marker) {
-        Marker::FixMap(n) => usize::from(n),
-        Marker::Map16 => take_len(&mut rest, 2)?,
-        Marker::Map32 => take_len(&mut rest, 4)?,
-        _ => return None,
-    };
+    let marker = Marker::from_u8(marker);
+    if !matches!(marker, Marker::FixMap(_) | Marker::Map16 | Marker::Map32) {
+        return None;
+    }
+    let fields = length(marker, &mut rest)?;
     let mut env = Envelope::default();
     for _ in 0..fields {
         // Known keys are told by their bytes, which spares checking them for UTF-8.
@@ -58,6 +57,18 @@ pub(crate) fn envelope(bytes: &[u8]) -> Option<Envelope<'_, &[u8]>> {
     rest.is_empty().then_some(env)
 }
 
+/// The length (in items, entries or bytes) a map, array or string marker gives, with what
+/// follows the marker taken from the front of `rest`.
+fn length(marker: Marker, rest: &mut &[u8]) -> Option<usize> {
+    match marker {
+        Marker::FixMap(n) | Marker::FixArray(n) | Marker::FixStr(n) => Some(usize::from(n)),
+        Marker::Str8 => take_len(rest, 1),
+        Marker::Map16 | Marker::Array16 | Marker::Str16 => take_len(rest, 2),
+        Marker::Map32 | Marker::Array32 | Marker::Str32 => take_len(rest, 4),
+        _ => None,
+    }
+}
+
 /// A big-endian length of `width` bytes, taken from the front of `rest`.
 fn take_len(rest: &mut &[u8], width: usize) -> Option<usize> {
     let (head, tail) = rest.split_at_checked(width)?;
@@ -73,13 +84,14 @@ fn string<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
 /// A string's bytes, not checked for UTF-8, taken from the front of `rest`.
 fn string_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (&marker, mut tail) = rest.split_first()?;
-    let len = match Marker::from_u8(marker) {
-        Marker::FixStr(n) => usize::from(n),
-        Marker::Str8 => take_len(&mut tail, 1)?,
-        Marker::Str16 => take_len(&mut tail, 2)?,
-        Marker::Str32 => take_len(&mut tail, 4)?,
-        _ => return None,
-    };
+    let marker = Marker::from_u8(marker);
+    if !matches!(
+        marker,
+        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32
+    ) {
+        return None;
+    }
+    let len = length(marker, &mut tail)?;
     let (s, after) = tail.split_at_checked(len)?;
     *rest = after;
     Some(s)
@@ -145,26 +157,19 @@ pub(crate) fn plain_value(bytes: &[u8], depth: usize) -> Option<usize> {
             string(&mut rest)?;
             Some(bytes.len() - rest.len())
         }
-        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 if depth < MAX_DEPTH => {
-            let items = match Marker::from_u8(marker) {
-                Marker::FixArray(n) => usize::from(n),
-                Marker::Array16 => take_len(&mut rest, 2)?,
-                _ => take_len(&mut rest, 4)?,
-            };
-            for _ in 0..items {
-                let len = plain_value(rest, depth + 1)?;
-                rest = &rest[len..];
-            }
-            Some(bytes.len() - rest.len())
-        }
-        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 if depth < MAX_DEPTH => {
-            let entries = match Marker::from_u8(marker) {
-                Marker::FixMap(n) => usize::from(n),
-                Marker::Map16 => take_len(&mut rest, 2)?,
-                _ => take_len(&mut rest, 4)?,
-            };
-            for _ in 0..entries {
-                string(&mut rest)?;
+        m @ (Marker::FixArray(_)
+        | Marker::Array16
+        | Marker::Array32
+        | Marker::FixMap(_)
+        | Marker::Map16
+        | Marker::Map32)
+            if depth < MAX_DEPTH =>
+        {
+            let map = matches!(m, Marker::FixMap(_) | Marker::Map16 | Marker::Map32);
+            for _ in 0..length(m, &mut rest)? {
+                if map {
+                    string(&mut rest)?;
+                }
                 let len = plain_value(rest, depth + 1)?;
                 rest = &rest[len..];
             }
