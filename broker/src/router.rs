@@ -399,7 +399,8 @@ impl RouteCache {
 pub struct Router {
     /// Filter → subscribers.
     index: RwLock<Trie<Outbox>>,
-    /// Bumped by every change to `index`, while holding it for writing.
+    /// Bumped by every change to `index` (a filter added or removed), while holding it for
+    /// writing.
     generation: AtomicU64,
     /// Topic → last retained value; ordered so replays come in a stable order.
     retained: Mutex<BTreeMap<TopicName, Arc<Retained>>>,
@@ -532,9 +533,9 @@ impl Router {
     /// happens, as a fresh subscription would get it).
     pub fn subscribe(&self, filter: &TopicFilter, outbox: &Arc<Outbox>) -> bool {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-        self.generation.fetch_add(1, Relaxed);
         let added = index.insert(filter, outbox.clone());
         if added {
+            self.generation.fetch_add(1, Relaxed);
             self.metrics.subscriptions.fetch_add(1, Relaxed);
         }
         let retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
@@ -552,9 +553,9 @@ impl Router {
     /// Removes one subscription. Returns false if the client did not hold it.
     pub fn unsubscribe(&self, filter: &TopicFilter, id: u64) -> bool {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-        self.generation.fetch_add(1, Relaxed);
         let removed = index.remove(filter, id);
         if removed {
+            self.generation.fetch_add(1, Relaxed);
             self.metrics.subscriptions.fetch_sub(1, Relaxed);
         }
         removed
@@ -563,9 +564,9 @@ impl Router {
     /// Removes every subscription of a client that is going away.
     pub fn unsubscribe_all<'a>(&self, filters: impl IntoIterator<Item = &'a TopicFilter>, id: u64) {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-        self.generation.fetch_add(1, Relaxed);
         for filter in filters {
             if index.remove(filter, id) {
+                self.generation.fetch_add(1, Relaxed);
                 self.metrics.subscriptions.fetch_sub(1, Relaxed);
             }
         }
@@ -683,6 +684,11 @@ mod tests {
         assert_eq!(send("x/1"), 0);
         assert_eq!(drain(&mut a_rx).len(), 6);
         assert_eq!(drain(&mut b_rx).len(), 2);
+        // A client that held nothing going away changes nothing: caches stay valid.
+        let generation = router.generation.load(Relaxed);
+        router.unsubscribe_all(std::iter::empty(), 9);
+        router.unsubscribe(&TopicFilter::new("x/#").unwrap(), 1);
+        assert_eq!(router.generation.load(Relaxed), generation);
     }
 
     #[test]
