@@ -357,8 +357,8 @@ impl Retained {
 }
 
 /// The subscribers of a publisher's last topic, as [`Router::publish_cached`] keeps them: valid
-/// while the router's generation (bumped by every subscribe and unsubscribe) is the one they
-/// were found at. Holds no more than [`RouteCache::MAX_TARGETS`] of them: a larger fan-out
+/// while the router's generation (bumped whenever a filter is added or removed) is the one
+/// they were found at. Holds no more than [`RouteCache::MAX_TARGETS`] of them: a larger fan-out
 /// costs far more to deliver than to look up.
 #[derive(Debug, Default)]
 pub struct RouteCache {
