@@ -92,6 +92,26 @@ impl<'a, D> Envelope<'a, D> {
     }
 }
 
+/// An envelope's fields as plain values, to compare envelopes in tests: the five strings (`op`,
+/// `topic`, `reply`, `name`, `kind`), `id`, `retain`, and `data` as the test wants it.
+#[cfg(test)]
+pub(crate) type PlainEnvelope<T> = ([Option<String>; 5], Option<u64>, Option<bool>, Option<T>);
+
+#[cfg(test)]
+impl<D> Envelope<'_, D> {
+    /// The fields as plain values, `data` turned by `data` (`None` for data that means null).
+    pub(crate) fn plain<T>(&self, data: impl Fn(&D) -> Option<T>) -> PlainEnvelope<T> {
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_owned);
+        let strings = [&self.op, &self.topic, &self.reply, &self.name, &self.kind];
+        (
+            strings.map(text),
+            self.id,
+            self.retain,
+            self.data.as_ref().and_then(data),
+        )
+    }
+}
+
 impl<D> Default for Envelope<'_, D> {
     fn default() -> Self {
         Self {

@@ -209,30 +209,13 @@ mod tests {
     use proptest::strategy::ValueTree;
 
     use super::*;
+    use crate::codec::PlainEnvelope;
 
-    /// An envelope's fields as plain values, to compare.
-    type Fields = (
-        [Option<String>; 5],
-        Option<u64>,
-        Option<bool>,
-        Option<String>,
-    );
+    type Fields = PlainEnvelope<String>;
 
+    /// serde reads `"data": null` as no data; both mean null.
     fn fields(env: &Envelope<'_, &str>) -> Fields {
-        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_owned);
-        (
-            [
-                text(&env.op),
-                text(&env.topic),
-                text(&env.reply),
-                text(&env.name),
-                text(&env.kind),
-            ],
-            env.id,
-            env.retain,
-            // serde reads `"data": null` as no data; both mean null.
-            env.data.map(str::to_owned).filter(|d| d != "null"),
-        )
+        env.plain(|d| Some(d.to_string()).filter(|d| d != "null"))
     }
 
     fn serde(text: &str) -> Option<Fields> {

@@ -185,29 +185,13 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::codec::PlainEnvelope;
 
-    /// An envelope's fields as plain values, to compare; `data` as a `Value` (`nil` as none).
-    type Fields = (
-        [Option<String>; 5],
-        Option<u64>,
-        Option<bool>,
-        Option<Value>,
-    );
+    /// `data` as a `Value`, `nil` as none.
+    type Fields = PlainEnvelope<Value>;
 
     fn fields<D>(env: &Envelope<'_, D>, data: impl Fn(&D) -> Value) -> Fields {
-        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_owned);
-        (
-            [
-                text(&env.op),
-                text(&env.topic),
-                text(&env.reply),
-                text(&env.name),
-                text(&env.kind),
-            ],
-            env.id,
-            env.retain,
-            env.data.as_ref().map(data).filter(|d| !d.is_null()),
-        )
+        env.plain(|d| Some(data(d)).filter(|d| !d.is_null()))
     }
 
     fn serde(bytes: &[u8]) -> Option<Fields> {
