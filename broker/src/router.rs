@@ -118,7 +118,7 @@ impl Iterator for Frames {
     }
 }
 
-/// Items waiting for a client's writer.
+/// Items waiting for a client's writer (the write side of its session).
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Outgoing>,

@@ -43,7 +43,7 @@ use crate::router::{
     ws_message, Frames, Outbox, OutboxRx, Outgoing, Publication, RouteCache, Router,
 };
 
-/// At most this many frames already read are handled before the reader looks at shutdown,
+/// At most this many frames already read are handled before the session looks at shutdown,
 /// cut-off and keepalive again.
 const READ_BATCH: usize = 64;
 /// At most this many frames are fed to the socket before a flush.
