@@ -29,12 +29,15 @@ pub(crate) fn envelope(text: &str) -> Option<Envelope<'_, &str>> {
     r.skip_ws();
     if !r.eat_if(b'}') {
         loop {
-            let key = r.string()?;
+            let key = r.known(&KEYS).or_else(|| r.string())?;
             r.skip_ws();
             r.eat(b':')?;
             r.skip_ws();
             match key {
-                "op" => set(&mut env.op, Cow::Borrowed(r.string()?))?,
+                "op" => set(
+                    &mut env.op,
+                    Cow::Borrowed(r.known(&OPS).or_else(|| r.string())?),
+                )?,
                 "topic" => set(&mut env.topic, Cow::Borrowed(r.string()?))?,
                 "reply" => set(&mut env.reply, Cow::Borrowed(r.string()?))?,
                 "name" => set(&mut env.name, Cow::Borrowed(r.string()?))?,
@@ -58,6 +61,13 @@ pub(crate) fn envelope(text: &str) -> Option<Envelope<'_, &str>> {
     r.skip_ws();
     (r.at == text.len()).then_some(env)
 }
+
+/// The envelope's keys, most frequent first: matched whole, before any scanning.
+const KEYS: [&str; 8] = [
+    "op", "topic", "data", "id", "retain", "reply", "name", "kind",
+];
+/// The ops, most frequent first.
+const OPS: [&str; 5] = ["pub", "sub", "ping", "unsub", "hello"];
 
 /// Fills a field once; a second time is not plain (serde refuses duplicate fields).
 pub(crate) fn set<T>(field: &mut Option<T>, value: T) -> Option<()> {
@@ -130,6 +140,18 @@ impl<'a> Reader<'a> {
 
     fn eat(&mut self, b: u8) -> Option<()> {
         self.eat_if(b).then_some(())
+    }
+
+    /// One of `words` written as a string, matched whole (cheaper than scanning a short string
+    /// for its end); `None`, having read nothing, for anything else.
+    fn known(&mut self, words: &[&'static str]) -> Option<&'static str> {
+        let rest = self.text.as_bytes().get(self.at..)?;
+        let inner = rest.strip_prefix(b"\"")?;
+        let word = words
+            .iter()
+            .find(|w| inner.starts_with(w.as_bytes()) && inner.get(w.len()) == Some(&b'"'))?;
+        self.at += word.len() + 2;
+        Some(word)
     }
 
     /// A string without escapes or control characters, borrowed.
