@@ -436,10 +436,15 @@ fn encode_msgpack_around(msg: &MsgRef<'_>, data: &[u8]) -> Vec<u8> {
     let capacity = 5 + 30 + data.len() + 1 + strings.iter().map(|s| s.len() + 5).sum::<usize>();
     let mut out = Vec::with_capacity(capacity);
     written(rmp::encode::write_map_len(&mut out, fields));
-    for (key, value) in [("op", msg.op), ("topic", msg.topic)] {
-        written(rmp::encode::write_str(&mut out, key));
-        written(rmp::encode::write_str(&mut out, value));
+    if msg.op == "msg" {
+        // "op": "msg", "topic": as rmp writes them (fixstr markers), in one copy.
+        out.extend_from_slice(b"\xa2op\xa3msg\xa5topic");
+    } else {
+        written(rmp::encode::write_str(&mut out, "op"));
+        written(rmp::encode::write_str(&mut out, msg.op));
+        written(rmp::encode::write_str(&mut out, "topic"));
     }
+    written(rmp::encode::write_str(&mut out, msg.topic));
     written(rmp::encode::write_str(&mut out, "data"));
     out.extend_from_slice(data);
     for (key, value) in optional {
@@ -676,6 +681,35 @@ mod tests {
             String::from_utf8(encode_msg(&r, Encoding::Json)).unwrap(),
             r#"{"op":"msg","topic":"pin/p/state","data":{"level":1},"from":"p","retained":false}"#
         );
+    }
+
+    #[test]
+    fn raw_msgpack_is_written_around_like_rmp_serde_writes_the_value() {
+        let data = json!({"n": [1, -2, 2.5, "x"], "ok": true});
+        let frame = ClientFrame::Pub(Publish {
+            topic: TopicName::new("a/b").unwrap(),
+            data: data.clone(),
+            retain: false,
+            reply: None,
+            id: None,
+        });
+        let bytes = encode_client(&frame, Encoding::MsgPack);
+        let Ok(ClientFrameRef::Pub(p)) = decode_client_ref(&bytes, Encoding::MsgPack) else {
+            panic!("not a pub");
+        };
+        // Any `op`, not only the usual one, and both optional fields.
+        for op in ["msg", "other"] {
+            let with = |data| MsgRef {
+                op,
+                retained: true,
+                ..MsgRef::new("a/b", data, Some("me"), Some("_inbox/1"))
+            };
+            assert_eq!(
+                encode_msg(&with(p.data.as_ref()), Encoding::MsgPack),
+                rmp_serde::to_vec_named(&with(DataRef::Value(&data))).unwrap(),
+                "{op}"
+            );
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub(crate) fn envelope(bytes: &[u8]) -> Option<Envelope<'_, &[u8]>> {
         // Known keys are told by their bytes, which spares checking them for UTF-8.
         let key = string_bytes(&mut rest)?;
         match key {
-            b"op" => set(&mut env.op, Cow::Borrowed(string(&mut rest)?))?,
+            b"op" => set(&mut env.op, Cow::Borrowed(op(&mut rest)?))?,
             b"topic" => set(&mut env.topic, Cow::Borrowed(string(&mut rest)?))?,
             b"reply" => set(&mut env.reply, Cow::Borrowed(string(&mut rest)?))?,
             b"name" => set(&mut env.name, Cow::Borrowed(string(&mut rest)?))?,
@@ -79,6 +79,20 @@ fn take_len(rest: &mut &[u8], width: usize) -> Option<usize> {
 /// A string, taken from the front of `rest`.
 fn string<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
     std::str::from_utf8(string_bytes(rest)?).ok()
+}
+
+/// The `op`, taken from the front of `rest`: one of the protocol's told by its bytes (no UTF-8
+/// check), or any other string.
+fn op<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+    const OPS: [&str; 5] = ["pub", "sub", "ping", "unsub", "hello"];
+    let mut after = *rest;
+    let bytes = string_bytes(&mut after)?;
+    let op = match OPS.iter().find(|op| op.as_bytes() == bytes) {
+        Some(op) => op,
+        None => std::str::from_utf8(bytes).ok()?,
+    };
+    *rest = after;
+    Some(op)
 }
 
 /// A string's bytes, not checked for UTF-8, taken from the front of `rest`.
