@@ -683,17 +683,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn raw_msgpack_is_written_around_like_rmp_serde_writes_the_value() {
-        let data = json!({"n": [1, -2, 2.5, "x"], "ok": true});
+    /// A plain `pub` of `data` on `topic`, as a client encodes it.
+    fn encoded_pub(topic: &str, data: &Value, enc: Encoding) -> Vec<u8> {
         let frame = ClientFrame::Pub(Publish {
-            topic: TopicName::new("a/b").unwrap(),
+            topic: TopicName::new(topic).unwrap(),
             data: data.clone(),
             retain: false,
             reply: None,
             id: None,
         });
-        let bytes = encode_client(&frame, Encoding::MsgPack);
+        encode_client(&frame, enc)
+    }
+
+    #[test]
+    fn raw_msgpack_is_written_around_like_rmp_serde_writes_the_value() {
+        let data = json!({"n": [1, -2, 2.5, "x"], "ok": true});
+        let bytes = encoded_pub("a/b", &data, Encoding::MsgPack);
         let Ok(ClientFrameRef::Pub(p)) = decode_client_ref(&bytes, Encoding::MsgPack) else {
             panic!("not a pub");
         };
@@ -960,14 +965,7 @@ mod tests {
             reply in prop::option::of("[a-z_/0-9]{1,12}"),
             retained in any::<bool>(),
         ) {
-            let frame = ClientFrame::Pub(Publish {
-                topic: TopicName::new("t").unwrap(),
-                data: data.clone(),
-                retain: false,
-                reply: None,
-                id: None,
-            });
-            let bytes = encode_client(&frame, Encoding::MsgPack);
+            let bytes = encoded_pub("t", &data, Encoding::MsgPack);
             let Ok(ClientFrameRef::Pub(p)) = decode_client_ref(&bytes, Encoding::MsgPack) else {
                 panic!("not a pub");
             };
