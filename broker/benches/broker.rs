@@ -13,10 +13,11 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use broker::router::{Outbox, Publication, Router};
+use broker::outbox::Outbox;
+use broker::router::Router;
 use broker::trie::{Subscriber, Trie};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use proto::{TopicFilter, TopicName};
+use proto::{Publish, TopicFilter, TopicName};
 use serde_json::Value;
 
 struct Sub(u64);
@@ -93,23 +94,18 @@ fn publish(c: &mut Criterion) {
         let filter = TopicFilter::new("pin/+/state").expect("valid filter");
         let mut queues = Vec::new();
         for id in 0..subs {
-            let (outbox, rx) = Outbox::new(id, 1024, 1 << 20);
+            let (outbox, rx) = Outbox::new(id, 1024, 1 << 20, router.metrics.clone());
             router.subscribe(&filter, &outbox);
             queues.push((outbox, rx));
         }
         let topic = TopicName::new("pin/pin-1/state").expect("valid topic");
         let data = Value::String("x".repeat(64));
+        let p = Publish::new(&topic, &data);
         let mut batch = VecDeque::new();
         group.throughput(Throughput::Elements(subs));
         group.bench_function(BenchmarkId::new("subscribers", subs), |b| {
             b.iter(|| {
-                let delivered = router.publish(Publication {
-                    topic: black_box(topic.view()),
-                    data: &data,
-                    from: Some("pin-1"),
-                    reply: None,
-                    retain: false,
-                });
+                let delivered = router.publish(black_box(&p), Some("pin-1"));
                 for (_, rx) in &mut queues {
                     rx.try_recv_all(&mut batch);
                     batch.clear();

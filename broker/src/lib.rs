@@ -2,10 +2,11 @@
 //!
 //! Parts:
 //! - [`listener`]: the accept loop; tells WebSocket upgrades from plain HTTP on one port.
-//! - [`session`]: one task per client, reading its frames (decoded with `proto`) and writing its
-//!   outbox.
-//! - [`router`]: the subscription index ([`trie`]), retained values, names online (presence),
-//!   and each client's bounded [`Outbox`](router::Outbox).
+//! - `session`: one task per client, reading its frames (decoded with `proto`) and acting on
+//!   them; its `writer` drains the client's outbox into the socket.
+//! - [`router`]: the subscription index ([`trie`]), retained values, names online (presence).
+//! - [`outbox`]: each client's bounded outgoing queue ([`Outbox`](outbox::Outbox)), its byte
+//!   budget and encoding, the frames in it, and the hand-over to the writer.
 //! - [`http`]: the dashboard, `/metrics`, `/healthz`.
 //! - [`metrics`]: the counters behind `/metrics` and `$SYS/broker/stats`.
 //! - `read_ahead`: a socket reader whose large buffer exists only while the connection is busy,
@@ -14,7 +15,7 @@
 //! ```text
 //!  TcpListener ─► listener ─┬─ HTTP GET ─► http (dashboard, /metrics, /healthz)
 //!                           └─ WebSocket ─► session ─► Router ─► Outbox of each subscriber
-//!                                                                 └─► its session ─► socket
+//!                                                                 └─► its writer ─► socket
 //! ```
 //!
 //! Start one with [`run`]; the caller binds the listener and owns the shutdown token.
@@ -23,10 +24,12 @@ pub mod config;
 mod http;
 pub mod listener;
 pub mod metrics;
+pub mod outbox;
 mod read_ahead;
 pub mod router;
 mod session;
 pub mod trie;
+mod writer;
 
 pub use config::Config;
 pub use listener::run;

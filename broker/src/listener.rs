@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::read_ahead::ReadAhead;
-use crate::router::{Publication, Router};
+use crate::router::Router;
 use crate::{http, session, Result};
 
 /// Largest HTTP request head accepted.
@@ -214,7 +214,7 @@ async fn publish_stats(router: Arc<Router>, every: Duration, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
                 let data = router.metrics.to_json();
-                router.publish(Publication { topic: topic.view(), data: &data, from: None, reply: None, retain: true });
+                router.publish_system(&topic, &data);
             }
         }
     }

@@ -1,12 +1,13 @@
 //! One client connection, served by one task that does both sides: it reads and acts on the
-//! client's frames, and drains the client's [`Outbox`] into the socket, many frames per flush.
+//! client's frames, and its [`Writer`] drains the client's [`Outbox`] into the socket, many
+//! frames per flush.
 //!
 //! ```text
-//!  socket ─► read ─► proto::decode_client_text / _ref ─► Router (publish / subscribe / presence)
-//!              │                                             │ push, never waits
-//!              └──── ok / err / pong ──► Outbox ◄────────────┘ (wakes this task)
+//!  socket ─► read ─► ClientFrame::decode(_text) ─► Router (publish / subscribe / presence)
+//!              │                                        │ push, never waits
+//!              └──── ok / err / pong ──► Outbox ◄───────┘ (wakes this task)
 //!                                          │ bounded (frames and bytes)
-//!  socket ◄── start_send, ..., flush ◄── write
+//!  socket ◄── start_send, ..., flush ◄── Writer
 //! ```
 //!
 //! Both sides are polled in turn and neither waits on the other: a client that does not read
@@ -18,16 +19,17 @@
 //! unanswered, the client is cut off as a slow consumer, or the broker shuts down. In every case
 //! its subscriptions go, its name is released and its presence turns offline (a last will).
 
-use std::collections::{HashSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{ready, SinkExt, StreamExt};
-use proto::{ClientFrameRef, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
+use futures_util::{SinkExt, StreamExt};
+use proto::{ClientFrame, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -38,16 +40,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::router::{
-    ws_message, Frames, Outbox, OutboxRx, Outgoing, Publication, RouteCache, Router,
-};
+use crate::outbox::{Frame, Outbox};
+use crate::router::{RouteCache, Router};
+use crate::writer::Writer;
 
 /// At most this many frames already read are handled before the session looks at shutdown,
 /// cut-off and keepalive again.
 const READ_BATCH: usize = 64;
-/// At most this many frames are fed to the socket before a flush.
-const WRITE_BATCH: usize = 256;
 /// How long the writer may take to deliver the last frames and the close frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(1000);
 /// How long, after sending a close frame, the session waits for the client's.
@@ -115,13 +114,18 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, outbox_rx) = Outbox::new(id, config.outbox_frames, config.outbox_bytes);
     let metrics = router.metrics.clone();
+    let (outbox, outbox_rx) = Outbox::new(
+        id,
+        config.outbox_frames,
+        config.outbox_bytes,
+        metrics.clone(),
+    );
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(client = id, %peer, "connected");
 
-    let mut writer = Writer::new(outbox_rx, outbox.clone(), metrics.clone());
+    let mut writer = Writer::new(outbox_rx);
     let mut session = Session {
         id,
         peer,
@@ -231,8 +235,7 @@ impl Session {
                     if last_seen.elapsed() > keepalive * 2 {
                         return Ending::close(CloseCode::Away, "keepalive timeout");
                     }
-                    self.outbox
-                        .push(WsMessage::Ping(Default::default()), &self.router.metrics);
+                    self.outbox.push(Frame::ping());
                 }
                 Event::Frame(frame) => {
                     last_seen = Instant::now();
@@ -278,12 +281,12 @@ impl Session {
             Some(Ok(WsMessage::Text(text))) => {
                 // tungstenite has checked the text is UTF-8: it is not checked again.
                 self.on_frame(text.len(), Encoding::Json, || {
-                    proto::decode_client_text(&text)
+                    ClientFrame::decode_text(&text)
                 });
             }
             Some(Ok(WsMessage::Binary(bytes))) => {
                 self.on_frame(bytes.len(), Encoding::MsgPack, || {
-                    proto::decode_client_ref(&bytes, Encoding::MsgPack)
+                    ClientFrame::decode(&bytes, Encoding::MsgPack)
                 });
             }
             Some(Ok(WsMessage::Close(_))) | None => return Some(Ending::gone("closed by client")),
@@ -320,7 +323,7 @@ impl Session {
         &mut self,
         len: usize,
         enc: Encoding,
-        decode: impl FnOnce() -> Result<ClientFrameRef<'f>, FrameError>,
+        decode: impl FnOnce() -> Result<ClientFrame<'f>, FrameError>,
     ) {
         self.tally.frames_in += 1;
         self.tally.bytes_in += len as u64;
@@ -345,25 +348,20 @@ impl Session {
     }
 
     /// Carries out a valid frame; returns the answer to send, if any.
-    fn apply(&mut self, frame: ClientFrameRef<'_>) -> Result<Option<ServerFrame>, FrameError> {
+    fn apply(
+        &mut self,
+        frame: ClientFrame<'_>,
+    ) -> Result<Option<ServerFrame<'static>>, FrameError> {
         let id = frame.id();
         let ok = id.map(|id| ServerFrame::Ok { id });
         match frame {
-            ClientFrameRef::Pub(p) => {
+            ClientFrame::Pub(p) => {
                 self.tally.messages_in += 1;
-                self.router.publish_cached(
-                    Publication {
-                        topic: p.topic.view(),
-                        data: p.data.as_ref(),
-                        from: self.name.as_ref().map(|(n, _)| n.as_str()),
-                        reply: p.reply.as_ref().map(|r| r.as_str()),
-                        retain: p.retain,
-                    },
-                    &mut self.routes,
-                );
+                let from = self.name.as_ref().map(|(n, _)| n.as_str());
+                self.router.publish_cached(&p, from, &mut self.routes);
                 Ok(ok)
             }
-            ClientFrameRef::Sub { topic, .. } => {
+            ClientFrame::Sub { topic, .. } => {
                 if !self.filters.contains(&topic)
                     && self.filters.len() >= self.config.max_subscriptions
                 {
@@ -380,13 +378,13 @@ impl Session {
                 self.filters.insert(topic);
                 Ok(ok)
             }
-            ClientFrameRef::Unsub { topic, .. } => {
+            ClientFrame::Unsub { topic, .. } => {
                 if self.filters.remove(&topic) {
                     self.router.unsubscribe(&topic, self.id);
                 }
                 Ok(ok)
             }
-            ClientFrameRef::Hello { name, kind, .. } => {
+            ClientFrame::Hello { name, kind, .. } => {
                 if let Some((current, _)) = &self.name {
                     return Err(FrameError::new(
                         id,
@@ -401,23 +399,19 @@ impl Session {
                         format!("a client named {name:?} is already online"),
                     ));
                 }
-                let kind = kind.unwrap_or_else(|| "client".to_string());
+                let (name, kind) = (name.into_owned(), kind.map_or("client".into(), Cow::into_owned));
                 self.router
                     .publish_presence(&name, &kind, true, &self.peer.to_string());
                 tracing::info!(client = self.id, %name, %kind, peer = %self.peer, "hello");
                 self.name = Some((name, kind));
                 Ok(ok)
             }
-            ClientFrameRef::Ping { id } => Ok(id.map(|id| ServerFrame::Pong { id })),
+            ClientFrame::Ping { id } => Ok(id.map(|id| ServerFrame::Pong { id })),
         }
     }
 
-    fn reply(&self, frame: &ServerFrame) {
-        let enc = self.outbox.encoding();
-        self.outbox.push(
-            ws_message(proto::encode_server(frame, enc), enc),
-            &self.router.metrics,
-        );
+    fn reply(&self, frame: &ServerFrame<'_>) {
+        self.outbox.reply(frame);
     }
 
     fn reply_err(&self, err: &FrameError) {
@@ -438,153 +432,5 @@ impl Session {
                 .publish_presence(&name, &kind, false, &self.peer.to_string());
             self.router.release_name(&name, self.id);
         }
-    }
-}
-
-/// The write side of a session: drains the client's outbox into the socket, taking everything
-/// queued at once, and flushing every [`WRITE_BATCH`] frames and whenever the queue runs dry.
-/// Polled, never awaited: when the socket is full it keeps its place and the session reads on.
-struct Writer {
-    rx: OutboxRx,
-    outbox: Arc<Outbox>,
-    metrics: Arc<Metrics>,
-    /// Items taken from the outbox and not written yet.
-    batch: VecDeque<Outgoing>,
-    /// The item being written, its frames not yet given to the socket.
-    current: Option<Frames>,
-    /// A frame taken from `current` that the socket had no room for yet.
-    next: Option<WsMessage>,
-    /// Written since the last flush.
-    written: Written,
-    /// Items in the last batch taken, to give back what a past burst left in `batch`.
-    taken: usize,
-}
-
-impl Writer {
-    fn new(rx: OutboxRx, outbox: Arc<Outbox>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            rx,
-            outbox,
-            metrics,
-            batch: VecDeque::new(),
-            current: None,
-            next: None,
-            written: Written::default(),
-            taken: 0,
-        }
-    }
-
-    /// The next frame to write, if anything is queued; registers for a wake-up if not.
-    fn next_frame(&mut self, cx: &mut Context<'_>) -> Option<WsMessage> {
-        loop {
-            if let Some(frame) = self.next.take() {
-                return Some(frame);
-            }
-            if let Some(frame) = self.current.as_mut().and_then(Iterator::next) {
-                return Some(frame);
-            }
-            self.current = None;
-            let item = match self.batch.pop_front() {
-                Some(item) => item,
-                None => {
-                    OutboxRx::recycle(&mut self.batch, self.taken);
-                    if self.rx.poll_recv_all(cx, &mut self.batch).is_pending() {
-                        return None;
-                    }
-                    self.taken = self.batch.len();
-                    continue;
-                }
-            };
-            self.written.bytes += item.queued_len();
-            self.current = Some(item.into_frames(self.outbox.encoding()));
-        }
-    }
-
-    /// Writes what it can. `Ready(Ok)` once everything queued is written and flushed;
-    /// `Pending` while the queue is empty or the socket full (the task is woken for either).
-    fn poll_write<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), WsError>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        // No bound of its own on a long backlog: tokio's budget makes the socket say `Pending`
-        // after so many writes in one go, waking the task to go on later. (Yielding here too
-        // made the scheduler move the task to another thread, and the cross-thread wake-ups
-        // that follow cost more than the writing.)
-        loop {
-            let Some(frame) = self.next_frame(cx) else {
-                ready!(self.poll_flush(ws, cx))?;
-                return Poll::Pending;
-            };
-            match ws.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => ws.start_send_unpin(frame)?,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    self.next = Some(frame);
-                    return Poll::Pending;
-                }
-            }
-            self.written.frames += 1;
-            if self.written.frames >= WRITE_BATCH {
-                ready!(self.poll_flush(ws, cx))?;
-            }
-        }
-    }
-
-    /// Writes everything queued and flushes it, then is `Ready`.
-    fn poll_drain<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), WsError>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if let Poll::Ready(Err(e)) = self.poll_write(ws, cx) {
-            return Poll::Ready(Err(e));
-        }
-        let done = self.next.is_none() && self.current.is_none() && self.batch.is_empty();
-        if done && self.written.frames == 0 {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Flushes what was written since the last flush, if anything was.
-    fn poll_flush<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), WsError>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if self.written.frames > 0 {
-            ready!(ws.poll_flush_unpin(cx))?;
-            self.written.hand_over(&self.outbox, &self.metrics);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Frames and queued bytes fed to the socket since they were last accounted for.
-#[derive(Default)]
-struct Written {
-    frames: usize,
-    bytes: usize,
-}
-
-impl Written {
-    /// Takes the bytes out of the client's budget and counts them out, once for many frames.
-    fn hand_over(&mut self, outbox: &Outbox, metrics: &Metrics) {
-        if self.bytes > 0 {
-            outbox.sent(self.bytes);
-            metrics.bytes_out.fetch_add(self.bytes as u64, Relaxed);
-        }
-        *self = Self::default();
     }
 }

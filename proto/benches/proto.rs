@@ -6,8 +6,10 @@
 
 use std::hint::black_box;
 
+use std::borrow::Cow;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use proto::{ClientFrame, Encoding, MsgRef, Publish, TopicName};
+use proto::{ClientFrame, Data, Encoding, Message, Publish, ServerFrame, TopicName};
 use serde_json::{json, Value};
 
 fn payloads() -> [(&'static str, Value); 2] {
@@ -20,13 +22,18 @@ fn payloads() -> [(&'static str, Value); 2] {
     ]
 }
 
-fn pub_frame(data: Value) -> ClientFrame {
-    ClientFrame::Pub(Publish {
-        topic: TopicName::new("pin/pin-1/state").expect("valid topic"),
+fn topic() -> TopicName {
+    TopicName::new("pin/pin-1/state").expect("valid topic")
+}
+
+/// A `msg` of `data` as the broker encodes it.
+fn msg(data: Data<'_>) -> ServerFrame<'_, Data<'_>> {
+    ServerFrame::Msg(Message {
+        topic: topic().into(),
         data,
-        retain: false,
+        from: Some(Cow::Borrowed("pin-1")),
         reply: None,
-        id: None,
+        retained: false,
     })
 }
 
@@ -35,30 +42,27 @@ fn codec(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("codec/{}", enc.as_str()));
         group.throughput(Throughput::Elements(1));
         for (name, data) in payloads() {
-            let frame = pub_frame(data.clone());
-            let pub_bytes = proto::encode_client(&frame, enc);
+            let frame = ClientFrame::Pub(Publish::new(topic(), &data));
+            let pub_bytes = frame.encode(enc).into_bytes();
             group.bench_function(format!("decode pub {name}"), |b| {
-                b.iter(|| proto::decode_client(black_box(&pub_bytes), enc))
-            });
-            group.bench_function(format!("decode pub {name} (borrowed)"), |b| {
-                b.iter(|| proto::decode_client_ref(black_box(&pub_bytes), enc))
+                b.iter(|| ClientFrame::decode(black_box(&pub_bytes), enc))
             });
             group.bench_function(format!("encode pub {name}"), |b| {
-                b.iter(|| proto::encode_client(black_box(&frame), enc))
+                b.iter(|| black_box(&frame).encode(enc))
             });
-            let msg = MsgRef::new("pin/pin-1/state", &data, Some("pin-1"), None);
-            let msg_bytes = proto::encode_msg(&msg, enc);
-            if let Ok(proto::ClientFrameRef::Pub(p)) = proto::decode_client_ref(&pub_bytes, enc) {
-                let msg = MsgRef::new("pin/pin-1/state", p.data.as_ref(), Some("pin-1"), None);
+            if let Ok(ClientFrame::Pub(p)) = ClientFrame::decode(&pub_bytes, enc) {
+                let as_decoded = msg(p.data.as_ref());
                 group.bench_function(format!("encode msg {name} (as decoded)"), |b| {
-                    b.iter(|| proto::encode_msg(black_box(&msg), enc))
+                    b.iter(|| black_box(&as_decoded).encode(enc))
                 });
             }
+            let value = msg(Data::from(&data));
             group.bench_function(format!("encode msg {name}"), |b| {
-                b.iter(|| proto::encode_msg(black_box(&msg), enc))
+                b.iter(|| black_box(&value).encode(enc))
             });
+            let msg_bytes = value.encode(enc).into_bytes();
             group.bench_function(format!("decode msg {name}"), |b| {
-                b.iter(|| proto::decode_server(black_box(&msg_bytes), enc))
+                b.iter(|| ServerFrame::decode(black_box(&msg_bytes), enc))
             });
         }
         group.finish();

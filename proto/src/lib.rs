@@ -4,33 +4,32 @@
 //! - [`topic`]: [`TopicName`] (where a message is published) and [`TopicFilter`] (what a
 //!   subscriber asks for, with `+` and `#`), validated once at construction, and the matching rule.
 //! - [`frame`]: [`ClientFrame`] (client to broker) and [`ServerFrame`] (broker to client), one
-//!   object per frame tagged by `op`; [`ErrorCode`] names every error a client can get.
-//! - [`codec`]: the two encodings that carry those objects: JSON in WebSocket text frames (the
-//!   public contract, see `PROTOCOL.md`) and MessagePack with named fields in binary frames.
-//!   [`decode_client_ref`] decodes a JSON `pub` keeping its `data` as the text it came as
-//!   ([`Data::Raw`]), which [`MsgRef`] writes as is into JSON and parses for MessagePack.
-//! - `scan`, `scan_msgpack`: quick readers for the envelope of the usual JSON and MessagePack
-//!   frames, serde being the fallback for anything else.
+//!   object per frame tagged by `op`, borrowing from the bytes they were decoded from.
+//! - [`data`]: [`Data`], a published value as the frame carried it (the publisher's JSON text or
+//!   MessagePack bytes, passed on as they are) or as a `Value`.
+//! - [`error`]: [`ErrorCode`] names every refusal a client can get ([`FrameError`]);
+//!   [`DecodeError`] and [`NameError`].
+//! - [`codec`]: the two encodings, a module each (`json`, `msgpack`): decode bytes of an
+//!   [`Encoding`] into a frame, encode a frame into an [`Encoded`].
 //!
 //! ```text
-//!  bytes ──codec::decode_client──► ClientFrame ──(broker routes)──► MsgRef ──codec::encode_msg──► bytes
-//!                                   │ errors: FrameError { id, code, message }
+//!  bytes ──ClientFrame::decode──► ClientFrame ──(broker routes)──► ServerFrame::Msg ──encode──► Encoded
+//!                                  │ errors: FrameError { id, code, message }
 //! ```
+//!
+//! Feature `ws`: [`Encoded`] converts into tungstenite's WebSocket `Message`, so that every
+//! crate maps an encoding onto a WebSocket message the same way.
 
 pub mod codec;
+pub mod data;
+pub mod error;
 pub mod frame;
-mod scan;
-mod scan_msgpack;
 pub mod topic;
 
-pub use codec::{
-    decode_client, decode_client_ref, decode_client_text, decode_server, encode_client, encode_msg,
-    encode_msg_text, encode_server, Encoding,
-};
-pub use frame::{
-    ClientFrame, ClientFrameRef, Data, DataRef, ErrorCode, FrameError, Message, MsgRef, Publish,
-    PublishRef, RawJson, RawMsgPack, ServerFrame,
-};
+pub use codec::{Encoded, Encoding};
+pub use data::{AsData, Data};
+pub use error::{DecodeError, ErrorCode, FrameError, NameError};
+pub use frame::{check_name, ClientFrame, Message, Publish, ServerFrame, MAX_NAME_BYTES};
 pub use topic::{Levels, TopicError, TopicFilter, TopicName};
 
 /// Version of the wire protocol described in `PROTOCOL.md`. Advertised over DNS-SD so that a

@@ -11,6 +11,7 @@
 //! them (as in MQTT), so `#` never floods a client with broker internals; `$SYS/#` must be asked
 //! for by name.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -213,16 +214,40 @@ impl<S: AsRef<str>> TopicName<S> {
     }
 }
 
-impl TopicName<std::borrow::Cow<'_, str>> {
+impl<'a> TopicName<Cow<'a, str>> {
     /// The topic, owning its text (copied only if it was borrowed).
     pub fn into_name(self) -> TopicName {
         TopicName(self.0.into_owned())
     }
+
+    /// The topic, owning its text, in the type frames hold.
+    pub fn into_owned(self) -> TopicName<Cow<'static, str>> {
+        TopicName(Cow::Owned(self.0.into_owned()))
+    }
 }
 
-impl Serialize for TopicName {
+impl<S: AsRef<str>> TopicName<S> {
+    /// The same topic, borrowed, in the type frames hold.
+    pub fn borrowed(&self) -> TopicName<Cow<'_, str>> {
+        TopicName(Cow::Borrowed(self.as_str()))
+    }
+}
+
+impl From<TopicName> for TopicName<Cow<'_, str>> {
+    fn from(t: TopicName) -> Self {
+        TopicName(Cow::Owned(t.0))
+    }
+}
+
+impl<'a> From<&'a TopicName> for TopicName<Cow<'a, str>> {
+    fn from(t: &'a TopicName) -> Self {
+        t.borrowed()
+    }
+}
+
+impl<S: AsRef<str>> Serialize for TopicName<S> {
     fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -230,6 +255,13 @@ impl<'de> Deserialize<'de> for TopicName {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
         Self::system(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicName<Cow<'_, str>> {
+    /// Owned: frames are decoded into owned topics (the broker's own, `$` included, are valid).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        TopicName::deserialize(deserializer).map(|t: TopicName| TopicName(Cow::Owned(t.0)))
     }
 }
 

@@ -1,23 +1,213 @@
-//! A quick reader for the usual JSON client frame, such as
-//! `{"op":"pub","topic":"clock/tick","data":{"n":1}}`: the envelope of every frame a JSON
-//! publisher sends, read in one pass without serde's generic machinery (which costs several
-//! times more on frames this small).
+//! JSON, in WebSocket text frames: the public contract (see `PROTOCOL.md`).
 //!
-//! It reads only the plain case: keys and strings without escapes or control characters, an
-//! `id` of plain digits, `retain` as `true` or `false`, each field at most once. Anything else
-//! (and anything malformed) gives `None`, and the caller decodes the frame through serde, which
-//! decides and words every error. So it can only ever be faster, never different: a property
-//! test (`codec::tests`) holds its envelopes to serde's.
+//! Decoding a client frame: the usual frame, such as
+//! `{"op":"pub","topic":"clock/tick","data":{"n":1}}`, is read by a quick reader ([`envelope`])
+//! in one pass without serde's generic machinery (which costs several times more on frames this
+//! small); anything else by serde_json, the fallback, which decides and words every error.
 //!
-//! `data` and unknown fields are delimited by serde_json itself (a `RawValue`), so the syntax
-//! of a value is never judged here, except for the one kind whose syntax is trivial: a string
+//! The quick reader reads only the plain case: keys and strings without escapes or control
+//! characters, an `id` of plain digits, `retain` as `true` or `false`, each field at most once.
+//! Anything else (and anything malformed) gives `None`, and the frame goes through serde. So it
+//! can only ever be faster, never different: a property test holds its envelopes to serde's.
+//! `data` and unknown fields are delimited by serde_json itself (a `RawValue`), so the syntax of
+//! a value is never judged here, except for the one kind whose syntax is trivial: a string
 //! without escapes or control characters, taken with its quotes.
+//!
+//! A `pub`'s `data` is kept as the text it arrived as when parsing it could not have failed
+//! ([`passes_as_is`]), so the broker writes that text into the `msg` for JSON subscribers
+//! ([`write_msg`]) instead of decoding it into a `Value` and encoding it again. Otherwise the
+//! frame is decoded the ordinary way, so what is accepted and refused, and with which error, is
+//! the same either way.
 
 use std::borrow::Cow;
 
+use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
-use crate::codec::Envelope;
+use super::envelope::{not_an_object, set, validate, Envelope, IdOnly};
+use crate::data::{AsData, Data, RawJson};
+use crate::error::{ErrorCode, FrameError};
+use crate::frame::{ClientFrame, Message, ServerFrame};
+
+/// Decodes a client frame from bytes that should be JSON text.
+pub(crate) fn decode(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
+    // Text read as `str` is not checked for UTF-8 string by string; one check of the whole
+    // frame costs less.
+    match std::str::from_utf8(bytes).ok().and_then(decode_as_sent) {
+        Some(decoded) => decoded,
+        None => decode_value(bytes),
+    }
+}
+
+/// [`decode`] for a frame already known to be UTF-8 (a WebSocket text frame).
+pub(crate) fn decode_text(text: &str) -> Result<ClientFrame<'_>, FrameError> {
+    decode_as_sent(text).unwrap_or_else(|| decode_value(text.as_bytes()))
+}
+
+/// The path that keeps `data` as sent: `None` for anything it does not take so (a malformed
+/// frame, data that might not parse), which the ordinary path then decides and words the error
+/// for.
+fn decode_as_sent(text: &str) -> Option<Result<ClientFrame<'_>, FrameError>> {
+    if !is_object(text.as_bytes()) {
+        return None;
+    }
+    // The usual frame is read by hand; anything unusual by serde.
+    let env = match envelope(text) {
+        Some(env) => env,
+        None => serde_json::from_str::<Envelope<'_, &RawValue>>(text)
+            .ok()?
+            .map_data(RawValue::get),
+    };
+    if !env.data.is_none_or(passes_as_is) {
+        return None;
+    }
+    Some(validate(env, |data| {
+        data.map_or(Data::JSON_NULL, |text| {
+            Data::json_unchecked(RawJson::new_unchecked(text))
+        })
+    }))
+}
+
+/// The ordinary path, through serde_json and a [`Value`]: the fallback, and the reference the
+/// other path is held to.
+pub(crate) fn decode_value(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
+    // serde would read a struct from an array of its fields in order; frames are objects.
+    if !is_object(bytes) {
+        return Err(not_an_object());
+    }
+    let env: Envelope<'_, Value> = serde_json::from_slice(bytes).map_err(|e| {
+        let id = serde_json::from_slice::<IdOnly>(bytes).ok().and_then(|i| i.id);
+        FrameError::new(id, ErrorCode::BadFrame, format!("invalid JSON: {e}"))
+    })?;
+    validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
+}
+
+/// Whether the text is an object, judging by its first byte that is not whitespace.
+fn is_object(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{')
+}
+
+/// Encodes any frame through serde_json.
+pub(crate) fn to_string<T: Serialize + ?Sized>(value: &T) -> String {
+    // It cannot fail on these types: every map key (struct fields, `Value` objects) is a string.
+    serde_json::to_string(value).expect("JSON encoding of a frame cannot fail")
+}
+
+/// Encodes a server frame: a `msg` carrying text a JSON publisher sent the quick way
+/// ([`write_msg`]), anything else through serde.
+pub(crate) fn encode_server<D: AsData>(frame: &ServerFrame<'_, D>) -> String {
+    if let ServerFrame::Msg(msg) = frame {
+        if let Some(text) = write_msg(msg) {
+            return text;
+        }
+    }
+    to_string(frame)
+}
+
+/// A `msg` whose `data` is text a JSON publisher sent and whose strings need no escaping,
+/// written piece by piece into a string of exactly its length (which then becomes a frame
+/// without a copy); `None` for any other. The same bytes as serde writes (a property test holds
+/// them to it).
+fn write_msg<D: AsData>(msg: &Message<'_, D>) -> Option<String> {
+    // serde_json escapes exactly these; a string without them is written as is, in quotes.
+    let plain = |s: &str| !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    let data = msg.data.as_data().as_json()?;
+    let topic = msg.topic.as_str();
+    let from = msg.from.as_deref();
+    let reply = msg.reply.as_ref().map(|r| r.as_str());
+    if ![Some(topic), from, reply].into_iter().flatten().all(plain) {
+        return None;
+    }
+    let retained = if msg.retained {
+        r#","retained":true}"#
+    } else {
+        r#","retained":false}"#
+    };
+    let optional = |name: &str, value: Option<&str>| value.map_or(0, |v| name.len() + v.len() + 1);
+    let len = r#"{"op":"msg","topic":"","data":"#.len()
+        + topic.len()
+        + data.len()
+        + optional(r#","from":""#, from)
+        + optional(r#","reply":""#, reply)
+        + retained.len();
+    let mut out = String::with_capacity(len);
+    for piece in [r#"{"op":"msg","topic":""#, topic, r#"","data":"#, data] {
+        out.push_str(piece);
+    }
+    for (name, value) in [(r#","from":""#, from), (r#","reply":""#, reply)] {
+        if let Some(value) = value {
+            out.push_str(name);
+            out.push_str(value);
+            out.push('"');
+        }
+    }
+    out.push_str(retained);
+    debug_assert_eq!(out.len(), len);
+    Some(out)
+}
+
+/// Whether JSON text that serde_json accepted as a raw value is sure to parse into a [`Value`]
+/// too. Reading a raw value checks the syntax but, unlike parsing, not `\u` escapes (lone
+/// surrogates), numbers (an exponent or a long mantissa can overflow an `f64`) or nesting depth
+/// (limited to 128), so text with any of those is not passed as is. One pass over the bytes, no
+/// allocation: far cheaper than the parse it saves.
+fn passes_as_is(text: &str) -> bool {
+    /// A number longer than this (digits, sign, point) might not fit an `f64`.
+    const MAX_NUMBER: usize = 64;
+    /// Deeper than this is left to the parser and its limit.
+    const MAX_DEPTH: usize = 64;
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // The syntax is already checked: every string ends, every escape is complete.
+                loop {
+                    let Some(at) = memchr::memchr2(b'"', b'\\', &bytes[i + 1..]) else {
+                        return false;
+                    };
+                    i += 1 + at;
+                    if bytes[i] == b'"' {
+                        break;
+                    }
+                    if bytes[i + 1] == b'u' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'-' | b'+' | b'.' | b'0'..=b'9' | b'e' | b'E')
+                {
+                    i += 1;
+                    if matches!(bytes[i], b'e' | b'E') {
+                        return false;
+                    }
+                }
+                if i + 1 - start > MAX_NUMBER {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
 
 /// The envelope of `text`, if it is a plain frame (see the module documentation).
 /// `data` comes as its JSON text.
@@ -68,17 +258,6 @@ const KEYS: [&str; 8] = [
 ];
 /// The ops, most frequent first.
 const OPS: [&str; 5] = ["pub", "sub", "ping", "unsub", "hello"];
-
-/// Fills a field once; a second time is not plain (serde refuses duplicate fields).
-pub(crate) fn set<T>(field: &mut Option<T>, value: T) -> Option<()> {
-    match field {
-        Some(_) => None,
-        None => {
-            *field = Some(value);
-            Some(())
-        }
-    }
-}
 
 /// Where the first `"`, `\\` or control character of `bytes` is. Eight bytes at a time (a
 /// "has a byte less than" word trick, as serde_json does): a frame's strings are mostly short,
@@ -231,7 +410,7 @@ mod tests {
     use proptest::strategy::ValueTree;
 
     use super::*;
-    use crate::codec::PlainEnvelope;
+    use super::super::envelope::PlainEnvelope;
 
     type Fields = PlainEnvelope<String>;
 
@@ -248,6 +427,25 @@ mod tests {
 
     fn quick(text: &str) -> Option<Fields> {
         envelope(text).map(|e| fields(&e))
+    }
+
+    #[test]
+    fn passes_as_is_spots_what_might_not_parse() {
+        for ok in [
+            "1",
+            "-0",
+            "0.1",
+            "[true,false,null]",
+            r#"{"e":"E \" 1e9"}"#,
+            r#""\\u""#,
+        ] {
+            assert!(passes_as_is(ok), "{ok}");
+        }
+        let long = "1".repeat(65);
+        let deep = "[".repeat(65);
+        for not in ["1e5", "-2E-3", r#""\u0041""#, &long, &deep] {
+            assert!(!passes_as_is(not), "{not}");
+        }
     }
 
     #[test]

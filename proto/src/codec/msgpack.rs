@@ -1,20 +1,127 @@
-//! A quick reader for the usual MessagePack client frame (what nodes send), the counterpart of
-//! `scan` for binary frames: the envelope read straight from the bytes, and `data` kept as the
-//! bytes it arrived as, so the broker writes them as is into the `msg` for MessagePack
-//! subscribers instead of decoding them into a `Value` and encoding that again.
+//! MessagePack with named fields (maps), in WebSocket binary frames: what nodes speak. The
+//! same objects as JSON.
 //!
-//! It reads only the plain case: string keys, the usual fields with the types they should
-//! have (`id` an unsigned integer, `retain` a boolean), each at most once, and `data` a value
-//! that converts to a JSON value without a change (see [`plain_value`]). Anything else gives
-//! `None`, and the frame goes through rmp_serde, which decides and words every error. A property
-//! test (`codec::tests`) holds what it reads to what rmp_serde reads.
+//! Decoding a client frame: the usual frame is read by a quick reader ([`envelope`]) straight
+//! from the bytes, and its `data` kept as the bytes it arrived as, so the broker writes them as
+//! is into the `msg` for MessagePack subscribers ([`write_msg_around`]) instead of decoding them
+//! into a `Value` and encoding that again. rmp_serde is the fallback, which decides and words
+//! every error.
+//!
+//! The quick reader reads only the plain case: string keys, the usual fields with the types they
+//! should have (`id` an unsigned integer, `retain` a boolean), each at most once, and `data` a
+//! value that converts to a JSON value without a change (see [`plain_value`]). Anything else
+//! gives `None`, and the frame goes through rmp_serde. A property test holds what it reads to
+//! what rmp_serde reads.
 
 use std::borrow::Cow;
 
 use rmp::Marker;
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::codec::Envelope;
-use crate::scan::set;
+use super::envelope::{not_an_object, set, validate, Envelope, IdOnly};
+use crate::data::{AsData, Data, RawMsgPack};
+use crate::error::{ErrorCode, FrameError};
+use crate::frame::{ClientFrame, Message, ServerFrame};
+
+/// Decodes a client frame from MessagePack bytes.
+pub(crate) fn decode(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
+    // The usual frame is read by hand; anything else by rmp_serde.
+    match envelope(bytes) {
+        Some(env) => validate(env, |data| {
+            data.map_or(Data::MSGPACK_NULL, |bytes| {
+                Data::msgpack_unchecked(RawMsgPack::new_unchecked(bytes))
+            })
+        }),
+        None => decode_value(bytes),
+    }
+}
+
+/// The ordinary path, through rmp_serde and a [`Value`]: the fallback, and the reference the
+/// quick reader is held to.
+pub(crate) fn decode_value(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
+    // serde would read a struct from an array of its fields in order; frames are maps.
+    if !is_map(bytes) {
+        return Err(not_an_object());
+    }
+    let env: Envelope<'_, Value> = rmp_serde::from_slice(bytes).map_err(|e| {
+        let id = rmp_serde::from_slice::<IdOnly>(bytes).ok().and_then(|i| i.id);
+        FrameError::new(id, ErrorCode::BadFrame, format!("invalid MessagePack: {e}"))
+    })?;
+    validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
+}
+
+/// Whether the bytes hold a map, judging by the first: fixmap, map 16, map 32.
+fn is_map(bytes: &[u8]) -> bool {
+    bytes
+        .first()
+        .is_some_and(|b| matches!(b, 0x80..=0x8f | 0xde | 0xdf))
+}
+
+/// Encodes any frame through rmp_serde, into a buffer of `capacity` to start with.
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Vec<u8> {
+    // It cannot fail on these types: it writes into a Vec, and every map key (struct fields,
+    // `Value` objects) is a string.
+    let mut out = Vec::with_capacity(capacity);
+    rmp_serde::encode::write_named(&mut out, value)
+        .expect("MessagePack encoding of a frame cannot fail");
+    out
+}
+
+/// Encodes a server frame: a `msg` carrying bytes a MessagePack publisher sent around them
+/// ([`write_msg_around`]), anything else through rmp_serde.
+pub(crate) fn encode_server<D: AsData>(frame: &ServerFrame<'_, D>) -> Vec<u8> {
+    let ServerFrame::Msg(msg) = frame else {
+        return to_vec(frame, 64);
+    };
+    let data = msg.data.as_data();
+    if let Some(bytes) = data.as_msgpack() {
+        return write_msg_around(msg, bytes);
+    }
+    // Room for the fields and the value, as far as it can be told cheaply: most messages are
+    // encoded without growing the buffer (rmp_serde grows it from empty otherwise).
+    let strings = [
+        msg.topic.as_str(),
+        msg.from.as_deref().unwrap_or(""),
+        msg.reply.as_ref().map_or("", |r| r.as_str()),
+    ];
+    let capacity = 64 + data.size_hint() + strings.iter().map(|s| s.len()).sum::<usize>();
+    to_vec(frame, capacity)
+}
+
+/// A `msg` in MessagePack around `data`, bytes a MessagePack publisher sent: the fields written
+/// one by one, in the order and form rmp_serde gives them (a map of named fields), and the bytes
+/// as they are.
+fn write_msg_around<D>(msg: &Message<'_, D>, data: &[u8]) -> Vec<u8> {
+    let from = msg.from.as_deref();
+    let reply = msg.reply.as_ref().map(|r| r.as_str());
+    let optional = [("from", from), ("reply", reply)];
+    let fields = 4 + optional.iter().filter(|(_, v)| v.is_some()).count() as u32;
+    let strings = [msg.topic.as_str(), from.unwrap_or(""), reply.unwrap_or("")];
+    // Each string's header takes at most 5 bytes; the keys take 30 with theirs, `msg` 4.
+    let capacity = 5 + 30 + 4 + data.len() + 1 + strings.iter().map(|s| s.len() + 5).sum::<usize>();
+    let mut out = Vec::with_capacity(capacity);
+    written(rmp::encode::write_map_len(&mut out, fields));
+    // "op": "msg", "topic": as rmp writes them (fixstr markers), in one copy.
+    out.extend_from_slice(b"\xa2op\xa3msg\xa5topic");
+    written(rmp::encode::write_str(&mut out, msg.topic.as_str()));
+    written(rmp::encode::write_str(&mut out, "data"));
+    out.extend_from_slice(data);
+    for (key, value) in optional {
+        if let Some(value) = value {
+            written(rmp::encode::write_str(&mut out, key));
+            written(rmp::encode::write_str(&mut out, value));
+        }
+    }
+    written(rmp::encode::write_str(&mut out, "retained"));
+    written(rmp::encode::write_bool(&mut out, msg.retained));
+    out
+}
+
+/// Takes the result of a write into a `Vec`, which cannot fail: it grows as needed.
+fn written<T, E>(result: Result<T, E>) {
+    debug_assert!(result.is_ok(), "a write into a Vec failed");
+}
 
 /// Nesting deeper than this is left to the ordinary path.
 const MAX_DEPTH: usize = 64;
@@ -199,7 +306,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::codec::PlainEnvelope;
+    use super::super::envelope::PlainEnvelope;
 
     /// `data` as a `Value`, `nil` as none.
     type Fields = PlainEnvelope<Value>;

@@ -1,0 +1,190 @@
+//! What both encodings decode a client frame into before any rule is checked: a flat,
+//! permissive [`Envelope`], then checked field by field in one place ([`validate`]), so that
+//! every refusal has a precise [`ErrorCode`] and keeps the frame's `id` whenever it can be read,
+//! whichever encoding and whichever reader (quick or serde) it came through. Unknown fields are
+//! ignored, which leaves room to grow the protocol.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::data::Data;
+use crate::error::{ErrorCode, FrameError};
+use crate::frame::{check_name, ClientFrame, Publish};
+use crate::topic::{TopicFilter, TopicName};
+
+/// A client frame as it arrives. `D` is how `data` is read: a `Value`, or the text or bytes it
+/// was sent as.
+#[derive(Deserialize)]
+pub(crate) struct Envelope<'a, D> {
+    #[serde(borrow, default)]
+    pub op: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub id: Option<u64>,
+    // Strings are borrowed from the frame unless they hold escapes.
+    #[serde(borrow, default)]
+    pub topic: Option<Cow<'a, str>>,
+    #[serde(default = "none")]
+    pub data: Option<D>,
+    #[serde(default)]
+    pub retain: Option<bool>,
+    #[serde(borrow, default)]
+    pub reply: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
+}
+
+impl<'a, D> Envelope<'a, D> {
+    pub(crate) fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Envelope<'a, E> {
+        Envelope {
+            op: self.op,
+            id: self.id,
+            topic: self.topic,
+            data: self.data.map(f),
+            retain: self.retain,
+            reply: self.reply,
+            name: self.name,
+            kind: self.kind,
+        }
+    }
+}
+
+/// An envelope's fields as plain values, to compare envelopes in tests: the five strings (`op`,
+/// `topic`, `reply`, `name`, `kind`), `id`, `retain`, and `data` as the test wants it.
+#[cfg(test)]
+pub(crate) type PlainEnvelope<T> = ([Option<String>; 5], Option<u64>, Option<bool>, Option<T>);
+
+#[cfg(test)]
+impl<D> Envelope<'_, D> {
+    /// The fields as plain values, `data` turned by `data` (`None` for data that means null).
+    pub(crate) fn plain<T>(&self, data: impl Fn(&D) -> Option<T>) -> PlainEnvelope<T> {
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_owned);
+        let strings = [&self.op, &self.topic, &self.reply, &self.name, &self.kind];
+        (
+            strings.map(text),
+            self.id,
+            self.retain,
+            self.data.as_ref().and_then(data),
+        )
+    }
+}
+
+impl<D> Default for Envelope<'_, D> {
+    fn default() -> Self {
+        Self {
+            op: None,
+            id: None,
+            topic: None,
+            data: None,
+            retain: None,
+            reply: None,
+            name: None,
+            kind: None,
+        }
+    }
+}
+
+fn none<D>() -> Option<D> {
+    None
+}
+
+/// Fills a field once, for the quick readers; a second time is not plain (serde refuses
+/// duplicate fields).
+pub(crate) fn set<T>(field: &mut Option<T>, value: T) -> Option<()> {
+    match field {
+        Some(_) => None,
+        None => {
+            *field = Some(value);
+            Some(())
+        }
+    }
+}
+
+/// Only the `id`, to answer a frame that could not be decoded as a whole.
+#[derive(Deserialize)]
+pub(crate) struct IdOnly {
+    #[serde(default)]
+    pub id: Option<u64>,
+}
+
+/// The refusal of a frame that is not an object.
+pub(crate) fn not_an_object() -> FrameError {
+    FrameError::new(
+        None,
+        ErrorCode::BadFrame,
+        "a frame must be an object (a JSON object or a MessagePack map)",
+    )
+}
+
+/// Checks every rule on a decoded envelope; `data` turns its `data` into [`Data`]. The one place
+/// frames are validated, whichever way they were read.
+pub(crate) fn validate<'a, D>(
+    env: Envelope<'a, D>,
+    data: impl FnOnce(Option<D>) -> Data<'a>,
+) -> Result<ClientFrame<'a>, FrameError> {
+    let id = env.id;
+    let missing = |field: &str, op: &str| {
+        FrameError::new(
+            id,
+            ErrorCode::BadFrame,
+            format!("'{op}' needs a '{field}' field"),
+        )
+    };
+    let Some(op) = env.op else {
+        return Err(FrameError::new(
+            id,
+            ErrorCode::BadFrame,
+            "missing field 'op'",
+        ));
+    };
+    match op.as_ref() {
+        "pub" => {
+            let topic = env.topic.ok_or_else(|| missing("topic", "pub"))?;
+            let topic = TopicName::checked(topic).map_err(|e| {
+                FrameError::new(id, ErrorCode::for_topic(&e), format!("topic: {e}"))
+            })?;
+            let reply = env.reply.map(TopicName::checked).transpose().map_err(|e| {
+                FrameError::new(id, ErrorCode::for_topic(&e), format!("reply: {e}"))
+            })?;
+            Ok(ClientFrame::Pub(Publish {
+                topic,
+                data: data(env.data),
+                retain: env.retain.unwrap_or(false),
+                reply,
+                id,
+            }))
+        }
+        op @ ("sub" | "unsub") => {
+            let topic = env.topic.ok_or_else(|| missing("topic", op))?;
+            let topic = TopicFilter::new(topic.into_owned())
+                .map_err(|e| FrameError::new(id, ErrorCode::BadFilter, format!("filter: {e}")))?;
+            Ok(if op == "sub" {
+                ClientFrame::Sub { topic, id }
+            } else {
+                ClientFrame::Unsub { topic, id }
+            })
+        }
+        "hello" => {
+            let name = env.name.ok_or_else(|| missing("name", "hello"))?;
+            check_name(&name)
+                .map_err(|e| FrameError::new(id, ErrorCode::BadName, e.to_string()))?;
+            if let Some(kind) = &env.kind {
+                check_name(kind)
+                    .map_err(|e| FrameError::new(id, ErrorCode::BadName, format!("kind: {e}")))?;
+            }
+            Ok(ClientFrame::Hello {
+                name,
+                kind: env.kind,
+                id,
+            })
+        }
+        "ping" => Ok(ClientFrame::Ping { id }),
+        other => Err(FrameError::new(
+            id,
+            ErrorCode::UnknownOp,
+            format!("unknown op {other:?} (expected hello, sub, unsub, pub or ping)"),
+        )),
+    }
+}

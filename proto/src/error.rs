@@ -1,0 +1,162 @@
+//! What can go wrong with a frame: the codes the broker answers with ([`ErrorCode`], in an
+//! `err` frame via [`FrameError`]), a server frame a client cannot decode ([`DecodeError`]),
+//! and a `hello` name that breaks the rules ([`NameError`]).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Encoding;
+use crate::frame::{ServerFrame, MAX_NAME_BYTES};
+use crate::topic::TopicError;
+
+/// Every reason the broker can refuse a frame. The wire form (`snake_case`) is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Not valid JSON / MessagePack, not an object, or a field missing or of the wrong type.
+    BadFrame,
+    /// An `op` the broker does not know.
+    UnknownOp,
+    /// A topic name that is not valid (syntax, length, depth).
+    BadTopic,
+    /// A `+` or `#` in a topic published to.
+    WildcardTopic,
+    /// A publish to a `$` topic, which belong to the broker.
+    ReservedTopic,
+    /// A subscription filter that is not valid.
+    BadFilter,
+    /// A frame larger than the broker's limit.
+    TooLarge,
+    /// More subscriptions than the broker allows one client.
+    TooManySubs,
+    /// A `hello` name or kind that is not valid.
+    BadName,
+    /// A `hello` name already used by a client that is online.
+    NameTaken,
+    /// A second `hello` on the same connection.
+    AlreadyNamed,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics and documentation.
+    pub const ALL: [ErrorCode; 11] = [
+        Self::BadFrame,
+        Self::UnknownOp,
+        Self::BadTopic,
+        Self::WildcardTopic,
+        Self::ReservedTopic,
+        Self::BadFilter,
+        Self::TooLarge,
+        Self::TooManySubs,
+        Self::BadName,
+        Self::NameTaken,
+        Self::AlreadyNamed,
+    ];
+
+    /// The wire form, such as `bad_topic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::UnknownOp => "unknown_op",
+            Self::BadTopic => "bad_topic",
+            Self::WildcardTopic => "wildcard_topic",
+            Self::ReservedTopic => "reserved_topic",
+            Self::BadFilter => "bad_filter",
+            Self::TooLarge => "too_large",
+            Self::TooManySubs => "too_many_subs",
+            Self::BadName => "bad_name",
+            Self::NameTaken => "name_taken",
+            Self::AlreadyNamed => "already_named",
+        }
+    }
+
+    /// The code for a topic name that failed validation.
+    pub fn for_topic(err: &TopicError) -> Self {
+        match err {
+            TopicError::WildcardInName => Self::WildcardTopic,
+            TopicError::Reserved => Self::ReservedTopic,
+            _ => Self::BadTopic,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client frame the broker refuses: what goes back in the `err` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FrameError {
+    /// The offending frame's `id`, when it could be read.
+    pub id: Option<u64>,
+    /// Why.
+    pub code: ErrorCode,
+    /// Details for a human.
+    pub message: String,
+}
+
+impl FrameError {
+    /// A refusal of the frame with `id`.
+    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `err` frame that tells the client.
+    pub fn to_frame(&self) -> ServerFrame<'_> {
+        ServerFrame::Err {
+            id: self.id,
+            code: self.code,
+            message: Cow::Borrowed(&self.message),
+        }
+    }
+}
+
+/// A server frame a client could not decode.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not a server frame in JSON.
+    #[error("invalid JSON frame: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Not a server frame in MessagePack.
+    #[error("invalid MessagePack frame: {0}")]
+    MsgPack(#[from] rmp_serde::decode::Error),
+}
+
+impl DecodeError {
+    /// The encoding the frame was in.
+    pub fn encoding(&self) -> Encoding {
+        match self {
+            Self::Json(_) => Encoding::Json,
+            Self::MsgPack(_) => Encoding::MsgPack,
+        }
+    }
+}
+
+/// Why a `hello` name or kind is refused (see [`check_name`](crate::check_name)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The empty string.
+    #[error("name is empty")]
+    Empty,
+    /// Longer than [`MAX_NAME_BYTES`].
+    #[error("name is {0} bytes long, the limit is {MAX_NAME_BYTES}")]
+    TooLong(usize),
+    /// Starting with `$`, which belongs to the broker.
+    #[error("name may not start with '$'")]
+    Dollar,
+    /// Holding a character a topic level cannot (`/`, `+`, `#`, control, whitespace).
+    #[error("name may not contain {0:?}")]
+    Forbidden(char),
+}
