@@ -8,6 +8,8 @@
 //!   writers do (taking the whole backlog at once), so they never fill up.
 //!
 //! Run with `cargo bench -p breadboard-broker`.
+// criterion_group! writes a public function without documentation.
+#![allow(missing_docs)]
 
 use std::collections::VecDeque;
 use std::hint::black_box;

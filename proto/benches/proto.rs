@@ -3,6 +3,8 @@
 //! as in `breadboard bench`.
 //!
 //! Run with `cargo bench -p breadboard-proto`.
+// criterion_group! writes a public function without documentation.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 
