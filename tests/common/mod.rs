@@ -1,8 +1,7 @@
 //! Shared helpers for the end-to-end tests: start the real `breadboard` binary on port 0 and
-//! talk to it with real WebSocket clients. Every wait is bounded by a timeout, and every child
-//! process is killed (by PID, through its handle) when its guard drops, even on failure.
-
-#![allow(dead_code)]
+//! talk to it with real WebSocket clients (the broker's own test client, [`client`]). Every wait
+//! is bounded by a timeout, and every child process is killed (by PID, through its handle) when
+//! its guard drops, even on failure.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -10,14 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+#[path = "../../broker/tests/harness/client.rs"]
+mod client;
 
-/// How long any single expected event may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub use client::{assert_quiet, hello, retain_many, sub, Client, End, Ws, WAIT};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -84,9 +79,18 @@ impl Proc {
 
     /// Sends SIGTERM (a graceful stop).
     pub fn terminate(&self) {
-        // SAFETY-free: `kill` the command, by our own child's PID.
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGINT, what Ctrl-C in a terminal does.
+    pub fn interrupt(&self) {
+        self.signal("-INT");
+    }
+
+    /// Sends `signal` (as `kill` spells it) to this child, by its own PID.
+    fn signal(&self, signal: &str) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status();
     }
 
@@ -102,6 +106,21 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process's resident memory in bytes (Linux `/proc/<pid>/status`, `VmRSS`), to check
+    /// that memory stays bounded. `None` where that file is not available.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
     }
 }
 
@@ -148,247 +167,9 @@ impl Broker {
     pub fn http(&self) -> String {
         format!("http://{}", self.addr)
     }
-}
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A raw WebSocket client speaking JSON text frames or MessagePack binary frames.
-pub struct Client {
-    pub ws: Ws,
-    pub msgpack: bool,
-}
-
-impl Client {
-    /// Connects a JSON client.
-    pub async fn json(url: &str) -> Client {
-        Self::connect(url, false).await
-    }
-
-    /// Connects a MessagePack client.
-    pub async fn msgpack(url: &str) -> Client {
-        Self::connect(url, true).await
-    }
-
-    async fn connect(url: &str, msgpack: bool) -> Client {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        Client { ws, msgpack }
-    }
-
-    /// Sends a frame (the JSON value, encoded as this client speaks).
-    pub async fn send(&mut self, frame: Value) {
-        let msg = if self.msgpack {
-            Message::Binary(rmp_serde::to_vec_named(&frame).expect("encode").into())
-        } else {
-            Message::Text(frame.to_string().into())
-        };
-        self.ws.send(msg).await.expect("send");
-    }
-
-    /// Sends a raw WebSocket message.
-    pub async fn send_raw(&mut self, msg: Message) {
-        self.ws.send(msg).await.expect("send");
-    }
-
-    /// The next frame from the broker, decoded; panics after [`WAIT`].
-    pub async fn recv(&mut self) -> Value {
-        self.try_recv(WAIT).await.expect("a frame in time")
-    }
-
-    /// The next frame, or `None` if nothing arrives within `wait` (or the connection ends).
-    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
-        match self.recv_message(wait).await? {
-            Message::Close(_) => None,
-            msg => Some(decode(&msg)),
-        }
-    }
-
-    /// Sends a frame and returns the broker's answer (the next frame).
-    pub async fn call(&mut self, frame: Value) -> Value {
-        self.send(frame).await;
-        self.recv().await
-    }
-}
-
-/// How a connection ended, as the client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
-    /// A close frame arrived, carrying this close code (`None` for a close frame without one).
-    Close(Option<u16>),
-    /// The socket ended, or failed, without a close frame; says how.
-    Dropped(String),
-}
-
-impl Proc {
-    /// Sends SIGINT, what Ctrl-C in a terminal does.
-    pub fn interrupt(&self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-    }
-}
-
-impl Broker {
-    /// `GET path` on the broker's port, over plain HTTP.
-    pub async fn http_get(&self, path: &str) -> HttpResponse {
-        http_get(self.addr, path).await
-    }
-
-    /// The value of one line of `GET /metrics`, such as `breadboard_connections` or
-    /// `breadboard_errors_total{code="bad_topic"}`; panics if the broker does not report it.
+    /// The value of one line of `GET /metrics` (see [`client::metric`]).
     pub async fn metric(&self, name: &str) -> f64 {
-        let metrics = self.http_get("/metrics").await;
-        assert_eq!(metrics.status, 200, "GET /metrics: {metrics:?}");
-        metric(&metrics.body, name).unwrap_or_else(|| panic!("no {name} in /metrics"))
-    }
-}
-
-impl Client {
-    /// The next text, binary or close message as it arrived (pings and pongs are skipped), for
-    /// tests that check the encoding of a frame. `None` if nothing arrives within `wait` or the
-    /// connection ends.
-    pub async fn recv_message(&mut self, wait: Duration) -> Option<Message> {
-        loop {
-            let msg = tokio::time::timeout(wait, self.ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            match msg {
-                Message::Text(_) | Message::Binary(_) | Message::Close(_) => return Some(msg),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Reads and discards frames until the connection ends, for at most `max_frames` frames and
-    /// `wait` in all; returns how it ended, or `None` if it was still open.
-    pub async fn wait_end(&mut self, wait: Duration, max_frames: usize) -> Option<End> {
-        let read = async {
-            for _ in 0..max_frames {
-                match self.ws.next().await {
-                    Some(Ok(Message::Close(frame))) => {
-                        return Some(End::Close(frame.map(|f| u16::from(f.code))))
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Some(End::Dropped(e.to_string())),
-                    None => return Some(End::Dropped("end of stream".into())),
-                }
-            }
-            None
-        };
-        tokio::time::timeout(wait, read).await.ok().flatten()
-    }
-
-    /// The client's own address, as the broker sees it (presence entries report it as `addr`).
-    pub fn local_addr(&self) -> SocketAddr {
-        match self.ws.get_ref() {
-            MaybeTlsStream::Plain(tcp) => tcp.local_addr().expect("local address"),
-            _ => panic!("not a plain TCP connection"),
-        }
-    }
-
-    /// Drops the connection the rudest way: no close frame, and a TCP reset instead of a FIN
-    /// (as when a device loses power mid-session and its stack later answers with RST).
-    pub fn reset(self) {
-        if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
-            tcp.set_zero_linger().expect("SO_LINGER 0");
-        }
-        drop(self);
-    }
-
-    /// Shuts down the sending half of the TCP connection without a close frame (as when a
-    /// client process dies: its kernel sends a FIN). The client can still read.
-    pub async fn shutdown_tcp(&mut self) {
-        if let MaybeTlsStream::Plain(tcp) = self.ws.get_mut() {
-            tokio::io::AsyncWriteExt::shutdown(tcp)
-                .await
-                .expect("TCP shutdown");
-        }
-    }
-}
-
-/// Decodes a broker frame as the client received it: JSON from a text message, MessagePack
-/// from a binary one. Panics on anything else.
-pub fn decode(msg: &Message) -> Value {
-    match msg {
-        Message::Text(t) => serde_json::from_str(t).expect("JSON frame"),
-        Message::Binary(b) => rmp_serde::from_slice(b).expect("MessagePack frame"),
-        other => panic!("not a data frame: {other:?}"),
-    }
-}
-
-/// An HTTP response, read to the end.
-#[derive(Debug)]
-pub struct HttpResponse {
-    /// The status code, such as 200.
-    pub status: u16,
-    /// The status line and headers, as sent.
-    pub head: String,
-    /// Everything after the blank line.
-    pub body: String,
-}
-
-/// `GET path` from `addr` with a hand-written HTTP/1.1 request (`Connection: close`), read to
-/// the end. Panics if no complete answer comes within [`WAIT`].
-pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        tcp.write_all(request.as_bytes())
-            .await
-            .expect("send request");
-        let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw).await.expect("read response");
-        raw
-    };
-    let raw = tokio::time::timeout(WAIT, exchange)
-        .await
-        .expect("an HTTP answer in time");
-    let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .expect("a blank line after the head");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    HttpResponse {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
-}
-
-/// The value of the sample `name` (with its labels, if any) in Prometheus text format.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-}
-
-impl Proc {
-    /// The process's resident memory in bytes (Linux `/proc/<pid>/status`, `VmRSS`), to check
-    /// that memory stays bounded. `None` where that file is not available.
-    pub fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
+        client::metric(self.addr, name).await
     }
 }
