@@ -1,7 +1,8 @@
 //! The breadboard broker: routes topic-addressed WebSocket frames between clients.
 //!
 //! Parts:
-//! - [`listener`]: the accept loop; tells WebSocket upgrades from plain HTTP on one port.
+//! - [`listener`]: the accept loop; tells WebSocket upgrades from plain HTTP on one port, by the
+//!   request [`head`].
 //! - `session`: one task per client, reading its frames (decoded with `proto`) and acting on
 //!   them; its `writer` drains the client's outbox into the socket.
 //! - [`router`]: the subscription index ([`trie`]), retained values, names online (presence).
@@ -21,6 +22,7 @@
 //! Start one with [`run`]; the caller binds the listener and owns the shutdown token.
 
 pub mod config;
+pub mod head;
 mod http;
 pub mod listener;
 pub mod metrics;

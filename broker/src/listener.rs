@@ -19,12 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::head::{Head, MAX_HEAD_BYTES};
 use crate::read_ahead::ReadAhead;
 use crate::router::Router;
 use crate::{http, session, Result};
 
-/// Largest HTTP request head accepted.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long a new connection may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for sessions to send their close frames.
@@ -82,54 +81,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     Ok(())
 }
 
-/// What the request head says.
-struct Head {
-    method: String,
-    path: String,
-    /// `Sec-WebSocket-Key`, when the request asks for a WebSocket upgrade.
-    websocket_key: Option<Vec<u8>>,
-    /// Whether `Upgrade: websocket` was asked for at all.
-    upgrade: bool,
-    /// Bytes after the head (the start of the WebSocket stream).
-    rest: Vec<u8>,
-}
-
+/// Reads the request head, as much of the stream as it takes (up to [`MAX_HEAD_BYTES`]).
+/// `None` for a connection that closed first or a head that is not valid HTTP.
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok(None);
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let header = |name: &str| {
-                    req.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| h.value)
-                };
-                let upgrade = header("upgrade")
-                    .map(|v| {
-                        String::from_utf8_lossy(v)
-                            .to_ascii_lowercase()
-                            .contains("websocket")
-                    })
-                    .unwrap_or(false);
-                let version_ok = header("sec-websocket-version") == Some(b"13");
-                let websocket_key = header("sec-websocket-key")
-                    .filter(|_| upgrade && version_ok)
-                    .map(<[u8]>::to_vec);
-                return Ok(Some(Head {
-                    method: req.method.unwrap_or_default().to_string(),
-                    path: req.path.unwrap_or("/").to_string(),
-                    websocket_key,
-                    upgrade,
-                    rest: buf[len..].to_vec(),
-                }));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => continue,
+        match Head::parse(&buf) {
+            Ok(Some(head)) => return Ok(Some(head)),
+            Ok(None) if buf.len() < MAX_HEAD_BYTES => continue,
             _ => return Ok(None),
         }
     }

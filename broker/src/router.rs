@@ -181,9 +181,7 @@ impl Router {
             let i = enc.index();
             left[i] -= 1;
             let frame = if left[i] == 0 {
-                frames[i]
-                    .take()
-                    .unwrap_or_else(|| Frame::encode(&msg, enc))
+                frames[i].take().unwrap_or_else(|| Frame::encode(&msg, enc))
             } else {
                 frames[i]
                     .get_or_insert_with(|| Frame::encode(&msg, enc))
@@ -360,7 +358,8 @@ mod tests {
     fn cached_routes_follow_every_subscription_change() {
         let router = Router::default();
         let mut cache = RouteCache::default();
-        let mut send = |t: &str| router.publish_cached(&Publish::new(topic(t), json!(1)), None, &mut cache);
+        let mut send =
+            |t: &str| router.publish_cached(&Publish::new(topic(t), json!(1)), None, &mut cache);
         let (a, mut a_rx) = queue(&router, 1, 64, 1 << 20);
         let (b, mut b_rx) = queue(&router, 2, 64, 1 << 20);
         router.subscribe(&TopicFilter::new("x/#").unwrap(), &a);

@@ -399,7 +399,10 @@ impl Session {
                         format!("a client named {name:?} is already online"),
                     ));
                 }
-                let (name, kind) = (name.into_owned(), kind.map_or("client".into(), Cow::into_owned));
+                let (name, kind) = (
+                    name.into_owned(),
+                    kind.map_or("client".into(), Cow::into_owned),
+                );
                 self.router
                     .publish_presence(&name, &kind, true, &self.peer.to_string());
                 tracing::info!(client = self.id, %name, %kind, peer = %self.peer, "hello");

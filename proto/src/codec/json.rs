@@ -77,7 +77,9 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> 
         return Err(not_an_object());
     }
     let env: Envelope<'_, Value> = serde_json::from_slice(bytes).map_err(|e| {
-        let id = serde_json::from_slice::<IdOnly>(bytes).ok().and_then(|i| i.id);
+        let id = serde_json::from_slice::<IdOnly>(bytes)
+            .ok()
+            .and_then(|i| i.id);
         FrameError::new(id, ErrorCode::BadFrame, format!("invalid JSON: {e}"))
     })?;
     validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
@@ -409,8 +411,8 @@ mod tests {
     use proptest::prelude::*;
     use proptest::strategy::ValueTree;
 
-    use super::*;
     use super::super::envelope::PlainEnvelope;
+    use super::*;
 
     type Fields = PlainEnvelope<String>;
 

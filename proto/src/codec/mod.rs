@@ -373,7 +373,13 @@ mod tests {
         assert!(p.data.as_msgpack().is_some(), "{:?}", p.data);
         // Both optional fields, retained or not.
         for retained in [true, false] {
-            let raw = msg("a/b", p.data.as_ref(), Some("me"), Some("_inbox/1"), retained);
+            let raw = msg(
+                "a/b",
+                p.data.as_ref(),
+                Some("me"),
+                Some("_inbox/1"),
+                retained,
+            );
             let parsed = msg("a/b", &data, Some("me"), Some("_inbox/1"), retained);
             assert_eq!(
                 raw.encode(Encoding::MsgPack).into_bytes(),

@@ -45,7 +45,9 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> 
         return Err(not_an_object());
     }
     let env: Envelope<'_, Value> = rmp_serde::from_slice(bytes).map_err(|e| {
-        let id = rmp_serde::from_slice::<IdOnly>(bytes).ok().and_then(|i| i.id);
+        let id = rmp_serde::from_slice::<IdOnly>(bytes)
+            .ok()
+            .and_then(|i| i.id);
         FrameError::new(id, ErrorCode::BadFrame, format!("invalid MessagePack: {e}"))
     })?;
     validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
@@ -305,8 +307,8 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    use super::*;
     use super::super::envelope::PlainEnvelope;
+    use super::*;
 
     /// `data` as a `Value`, `nil` as none.
     type Fields = PlainEnvelope<Value>;
