@@ -20,6 +20,7 @@
 //! ```
 
 mod conns;
+mod frames;
 mod local;
 mod payload;
 mod relay;
