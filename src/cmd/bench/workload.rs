@@ -427,15 +427,10 @@ type Publishers = JoinSet<(u16, io::Result<(u64, Instant)>)>;
 impl Publisher {
     /// Sends as fast as the window allows, as a task; what the target sends back is drained.
     fn spawn_fast(self, conn: wire::Conn, publishers: &mut Publishers) {
-        let Self {
-            index,
-            frame,
-            count,
-            shared,
-        } = self;
         tokio::spawn(drain(conn.reader));
         publishers.spawn(async move {
-            let sent = publish_fast(index, conn.writer, frame, count, shared).await;
+            let index = self.index;
+            let sent = publish_fast(index, conn.writer, self.frame, self.count, self.shared).await;
             (index, sent)
         });
     }
@@ -451,15 +446,18 @@ impl Publisher {
         stop: CancellationToken,
         publishers: &mut Publishers,
     ) -> io::Result<()> {
-        let Self {
-            index,
-            frame,
-            count,
-            shared,
-        } = self;
         let stream = blocking_stream(conn)?;
         publishers.spawn_blocking(move || {
-            let sent = publish_paced(index, stream, frame, count, pacing, shared, stop);
+            let index = self.index;
+            let sent = publish_paced(
+                index,
+                stream,
+                self.frame,
+                self.count,
+                pacing,
+                self.shared,
+                stop,
+            );
             (index, sent)
         });
         Ok(())
