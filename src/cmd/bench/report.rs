@@ -306,8 +306,11 @@ const FIGURES: &[Figure] = &[
     },
 ];
 
+/// A percentile of a [`Latency`].
+type Percentile = fn(&Latency) -> f64;
+
 /// The rows added in latency mode, one per percentile.
-const PERCENTILES: [(&str, fn(&Latency) -> f64); 5] = [
+const PERCENTILES: [(&str, Percentile); 5] = [
     ("latency p50", |l| l.p50_us),
     ("latency p90", |l| l.p90_us),
     ("latency p99", |l| l.p99_us),
