@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Subscribers connect and subscribe first; then every publisher sends its share. Each
-//! subscriber checks every stamp (see [`payload`](super::payload)), so losses and duplicates are
+//! subscriber checks every stamp (see [`payload`]), so losses and duplicates are
 //! counted, not assumed. In latency mode each publisher paces itself on a thread of its own and
 //! subscribers record `now - sent` in an HdrHistogram.
 
