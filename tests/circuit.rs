@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use nodes::kinds::pin::rises;
+
 use crate::common::{Broker, Proc, WAIT};
 
 /// Longer waits, for what takes several ticks or a reconnection.
@@ -69,19 +71,6 @@ fn node(kind: &str, url: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["node", kind, "--broker", url, "--no-mdns"];
     args.extend_from_slice(extra);
     Proc::start(&args)
-}
-
-/// 0 → 1 transitions of a level that starts at 0 and steps through `bits`.
-fn rises(bits: &[u8]) -> usize {
-    let mut level = 0;
-    let mut n = 0;
-    for &b in bits {
-        if level == 0 && b == 1 {
-            n += 1;
-        }
-        level = b;
-    }
-    n
 }
 
 /// The pin's bit stream, from its lines `[ pin-1 ] tick N -> [1, 0, 1]`, in order.
@@ -234,9 +223,7 @@ fn a_tick_nobody_acknowledges_fails_the_clock_clearly() {
 }
 
 #[test]
-fn rises_counts_zero_to_one_from_a_low_start() {
-    assert_eq!(rises(&[1, 0, 1]), 2);
-    assert_eq!(rises(&[0, 0]), 0);
+fn bits_come_from_the_pin_tick_lines() {
     let line = "[ pin-1 ] tick 2 -> [0, 1, 1]".to_string();
     assert_eq!(bit_stream(&[&line]), [0, 1, 1]);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nodes::kinds::buzzer::Buzzer;
 use nodes::kinds::clock::{Clock, ClockOptions};
-use nodes::kinds::pin::{Pin, PinOptions};
+use nodes::kinds::pin::{rises, Pin, PinOptions};
 use nodes::runtime::{self, BrokerSource, Config, NodeHandle, Status};
 use nodes::{
     Client, ConnectOptions, Context, Encoding, Error, ErrorCode, HookResult, Message, Node, Output,
@@ -396,19 +396,6 @@ async fn a_name_taken_for_too_long_is_an_error() {
     broker.stop().await;
 }
 
-/// 0 → 1 transitions when a level starting at 0 steps through `bits`.
-fn rises(bits: &[u8]) -> usize {
-    let mut level = 0;
-    let mut n = 0;
-    for &b in bits {
-        if level == 0 && b == 1 {
-            n += 1;
-        }
-        level = b;
-    }
-    n
-}
-
 /// The bits in a line such as `[ pin-1 ] tick 3 -> [1, 0, 1]`.
 fn bits_of(line: &str) -> Vec<u8> {
     let list = line.rsplit("-> ").next().unwrap();
@@ -509,9 +496,6 @@ async fn a_clock_without_acknowledgement_fails_clearly() {
 }
 
 #[test]
-fn rises_counts_zero_to_one_from_a_low_start() {
-    assert_eq!(rises(&[1, 0, 1]), 2);
-    assert_eq!(rises(&[0, 0, 0]), 0);
-    assert_eq!(rises(&[1, 1, 0, 0, 1]), 2);
+fn bits_come_from_a_pin_tick_line() {
     assert_eq!(bits_of("[ pin-1 ] tick 3 -> [1, 0, 1]"), [1, 0, 1]);
 }

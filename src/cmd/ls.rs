@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use nodes::client::{Client, ConnectOptions, Messages};
-use nodes::discovery::{self, Browser, Seen, Service};
+use nodes::discovery::{self, Browser, Discovery, Seen, Service};
 use proto::Encoding;
 use serde::Serialize;
 use serde_json::Value;
@@ -234,107 +234,189 @@ impl Registry {
 /// When neither mDNS nor a broker can be used.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let wait = Duration::try_from_secs_f64(args.wait).context("--wait is not a duration")?;
-    let discovery = args.mdns.start()?;
-    anyhow::ensure!(
-        discovery.is_some() || args.broker.is_some(),
-        "with --no-mdns, give --broker ws://host:port to read presence from"
-    );
-    let (mut brokers, mut nodes) = match &discovery {
-        Some(d) => (
-            Some(d.browse(discovery::BROKER_TYPE)?),
-            Some(d.browse(discovery::NODE_TYPE)?),
-        ),
-        None => (None, None),
-    };
-    let mut registry = Registry::default();
-    let mut presence: Option<(Client, Messages, Option<String>)> = None;
-    if let Some(url) = &args.broker {
-        presence = Some(connect_presence(url, None).await?);
-        registry.set_presence_broker(url);
-    }
-    let deadline = tokio::time::sleep(wait);
-    tokio::pin!(deadline);
-    let shutdown = super::shutdown_on_signal()?;
-
-    loop {
-        let changes = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = &mut deadline, if !args.watch => break,
-            seen = next_seen(&mut brokers) => {
-                let Some(seen) = seen else { brokers = None; continue };
-                // Read presence from the first broker that appears (unless --broker).
-                if let (Seen::Up(service), None) = (&seen, &presence) {
-                    if let Some(url) = service.broker_url() {
-                        if service.proto_version() == Some(proto::PROTOCOL_VERSION) {
-                            match connect_presence(&url, Some(service.fullname.clone())).await {
-                                Ok(p) => {
-                                    registry.set_presence_broker(&service.name);
-                                    presence = Some(p);
-                                }
-                                Err(e) => tracing::warn!(%url, error = %e, "cannot read presence"),
-                            }
-                        }
-                    }
-                }
-                registry.on_mdns(seen)
-            }
-            seen = next_seen(&mut nodes) => {
-                let Some(seen) = seen else { nodes = None; continue };
-                registry.on_mdns(seen)
-            }
-            msg = next_presence(&mut presence) => match msg {
-                Some((name, data)) => registry.on_presence(&name, &data),
-                None => {
-                    // The broker went away: ask mDNS whether it is still there.
-                    if let (Some(d), Some((_, _, Some(fullname)))) = (&discovery, &presence) {
-                        d.verify(fullname);
-                    }
-                    presence = None;
-                    if args.broker.is_some() && discovery.is_none() {
-                        anyhow::bail!("lost the connection to the broker");
-                    }
-                    continue;
-                }
-            },
-        };
-        if let Some(d) = &discovery {
-            for fullname in registry.stale_records() {
-                d.verify(&fullname);
-            }
-        }
-        if args.watch {
-            for change in changes {
-                print_change(&change, args.json)?;
-            }
-        }
-    }
+    let mut listing = Listing::start(&args).await?;
+    listing.listen(&args, wait).await?;
     if !args.watch {
-        let entries: Vec<Entry> = registry.entries();
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&entries)?);
-        } else {
-            print_table(&entries);
-        }
+        print_entries(&listing.registry.entries(), args.json)?;
     }
-    if let Some((client, _, _)) = presence {
-        client.close().await;
-    }
-    if let Some(d) = discovery {
-        d.shutdown().await;
-    }
+    listing.close().await;
     Ok(())
 }
 
-async fn connect_presence(
-    url: &str,
+/// The broker `ls` reads presence from, connected and subscribed to `$SYS/nodes/+`.
+struct PresenceFeed {
+    client: Client,
+    messages: Messages,
+    /// The broker's DNS-SD full name when it was found over mDNS: when the connection drops,
+    /// mDNS is asked to verify it.
     fullname: Option<String>,
-) -> anyhow::Result<(Client, Messages, Option<String>)> {
+}
+
+/// What `ls` listens to, and what it has learnt.
+struct Listing {
+    /// mDNS, unless `--no-mdns`.
+    discovery: Option<Discovery>,
+    /// Brokers advertised over mDNS (`None` once the browse ends, or without mDNS).
+    brokers: Option<Browser>,
+    /// Nodes advertised over mDNS, likewise.
+    nodes: Option<Browser>,
+    /// Presence, once a broker is known (`--broker`, or the first found over mDNS).
+    presence: Option<PresenceFeed>,
+    /// Everything heard, merged: what is printed.
+    registry: Registry,
+}
+
+impl Listing {
+    /// Starts browsing mDNS and, with `--broker`, reading presence from it.
+    ///
+    /// # Errors
+    /// mDNS cannot start, or neither it nor a broker is there to be used.
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        let discovery = args.mdns.start()?;
+        anyhow::ensure!(
+            discovery.is_some() || args.broker.is_some(),
+            "with --no-mdns, give --broker ws://host:port to read presence from"
+        );
+        let (brokers, nodes) = match &discovery {
+            Some(d) => (
+                Some(d.browse(discovery::BROKER_TYPE)?),
+                Some(d.browse(discovery::NODE_TYPE)?),
+            ),
+            None => (None, None),
+        };
+        let mut registry = Registry::default();
+        let mut presence = None;
+        if let Some(url) = &args.broker {
+            presence = Some(connect_presence(url, None).await?);
+            registry.set_presence_broker(url);
+        }
+        Ok(Self {
+            discovery,
+            brokers,
+            nodes,
+            presence,
+            registry,
+        })
+    }
+
+    /// Takes in mDNS events and presence until a signal or, without `--watch`, until `wait`
+    /// is over; with `--watch`, prints changes as they come.
+    ///
+    /// # Errors
+    /// The broker given with `--no-mdns` went away, or printing failed.
+    async fn listen(&mut self, args: &Args, wait: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        let shutdown = super::shutdown_on_signal()?;
+        loop {
+            let changes = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = &mut deadline, if !args.watch => break,
+                seen = next_seen(&mut self.brokers) => {
+                    let Some(seen) = seen else { self.brokers = None; continue };
+                    self.on_broker(seen).await
+                }
+                seen = next_seen(&mut self.nodes) => {
+                    let Some(seen) = seen else { self.nodes = None; continue };
+                    self.registry.on_mdns(seen)
+                }
+                msg = next_presence(&mut self.presence) => match msg {
+                    Some((name, data)) => self.registry.on_presence(&name, &data),
+                    None => {
+                        self.presence_lost(args)?;
+                        continue;
+                    }
+                },
+            };
+            self.verify_stale();
+            if args.watch {
+                for change in changes {
+                    print_change(&change, args.json)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A broker came or went over mDNS; the first to come is where presence is read from
+    /// (unless `--broker` named one).
+    async fn on_broker(&mut self, seen: Seen) -> Vec<Change> {
+        if let Seen::Up(service) = &seen {
+            if self.presence.is_none() {
+                self.read_presence_from(service).await;
+            }
+        }
+        self.registry.on_mdns(seen)
+    }
+
+    /// Reads presence from a broker found over mDNS, if it speaks this protocol version; one
+    /// that cannot be read is only logged: mDNS still lists it.
+    async fn read_presence_from(&mut self, service: &Service) {
+        let Some(url) = service.broker_url() else {
+            return;
+        };
+        if service.proto_version() != Some(proto::PROTOCOL_VERSION) {
+            return;
+        }
+        match connect_presence(&url, Some(service.fullname.clone())).await {
+            Ok(feed) => {
+                self.registry.set_presence_broker(&service.name);
+                self.presence = Some(feed);
+            }
+            Err(e) => tracing::warn!(%url, error = %e, "cannot read presence"),
+        }
+    }
+
+    /// The broker presence came from went away: mDNS is asked whether it is still there, and
+    /// the next broker it finds takes over. Without mDNS, nothing is left to listen to.
+    ///
+    /// # Errors
+    /// The broker was the only source (`--broker` with `--no-mdns`).
+    fn presence_lost(&mut self, args: &Args) -> anyhow::Result<()> {
+        if let Some(feed) = self.presence.take() {
+            if let (Some(d), Some(fullname)) = (&self.discovery, &feed.fullname) {
+                d.verify(fullname);
+            }
+        }
+        if args.broker.is_some() && self.discovery.is_none() {
+            anyhow::bail!("lost the connection to the broker");
+        }
+        Ok(())
+    }
+
+    /// Asks mDNS to verify the records of nodes that presence says are offline, so that the
+    /// records a killed node left behind go.
+    fn verify_stale(&self) {
+        if let Some(d) = &self.discovery {
+            for fullname in self.registry.stale_records() {
+                d.verify(&fullname);
+            }
+        }
+    }
+
+    /// Says goodbye to the presence broker and stops mDNS.
+    async fn close(self) {
+        if let Some(feed) = self.presence {
+            feed.client.close().await;
+        }
+        if let Some(d) = self.discovery {
+            d.shutdown().await;
+        }
+    }
+}
+
+/// Connects to the broker at `url` and subscribes to its presence.
+async fn connect_presence(url: &str, fullname: Option<String>) -> anyhow::Result<PresenceFeed> {
     let (client, messages) =
         Client::connect(url, ConnectOptions::with_encoding(Encoding::Json)).await?;
     client
         .subscribe(format!("{}/nodes/+", proto::SYS_PREFIX))
         .await?;
-    Ok((client, messages, fullname))
+    Ok(PresenceFeed {
+        client,
+        messages,
+        fullname,
+    })
 }
 
 async fn next_seen(browser: &mut Option<Browser>) -> Option<Seen> {
@@ -344,10 +426,8 @@ async fn next_seen(browser: &mut Option<Browser>) -> Option<Seen> {
     }
 }
 
-async fn next_presence(
-    presence: &mut Option<(Client, Messages, Option<String>)>,
-) -> Option<(String, Value)> {
-    let Some((_, messages, _)) = presence else {
+async fn next_presence(presence: &mut Option<PresenceFeed>) -> Option<(String, Value)> {
+    let Some(PresenceFeed { messages, .. }) = presence else {
         return std::future::pending().await;
     };
     loop {
@@ -365,6 +445,16 @@ fn age(since_ms: u64) -> String {
         60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
         _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
     }
+}
+
+/// The listing at the end of a run without `--watch`: JSON, or a table.
+fn print_entries(entries: &[Entry], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+    } else {
+        print_table(entries);
+    }
+    Ok(())
 }
 
 fn print_table(entries: &[Entry]) {

@@ -74,6 +74,14 @@ pub fn step(mut level: u8, bits: &[u8]) -> (u8, Vec<u8>) {
     (level, changes)
 }
 
+/// The 0 → 1 transitions of a pin's level as it steps through `bits` from its starting level
+/// (0): how many times a buzzer that heard the pin from the start buzzes. Tests check the
+/// buzzer's output against the bits the pin printed with it.
+pub fn rises(bits: &[u8]) -> usize {
+    let (_, changes) = step(0, bits);
+    changes.iter().filter(|&&change| change == 1).count()
+}
+
 /// The pin node.
 #[derive(Debug)]
 pub struct Pin {
@@ -196,6 +204,14 @@ mod tests {
         assert_eq!(step(0, &[0, 0, 1]), (1, vec![1]));
         assert_eq!(step(1, &[1, 1, 1]), (1, vec![]));
         assert_eq!(step(1, &[0, 0]), (0, vec![0]));
+    }
+
+    #[test]
+    fn rises_counts_zero_to_one_from_a_low_start() {
+        assert_eq!(rises(&[1, 0, 1]), 2);
+        assert_eq!(rises(&[0, 0, 0]), 0);
+        assert_eq!(rises(&[1, 1, 0, 0, 1]), 2);
+        assert_eq!(rises(&[0, 0]), 0);
     }
 
     #[test]

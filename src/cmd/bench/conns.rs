@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use proto::Encoding;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
+use super::workload::{self, Endpoint};
 use super::{local, progress_bar, wire, Target, TargetArgs};
 
 /// Flags of `breadboard bench conns`.
@@ -74,27 +74,11 @@ impl Report {
     }
 }
 
+/// Opens connection `i`, subscribed to a topic of its own so that the broker keeps one
+/// subscription per connection, as real clients make it do.
 async fn open(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<wire::Conn> {
-    let mut conn = wire::connect(addr, "/").await?;
-    let sub = format!(r#"{{"op":"sub","topic":"bench/idle/{i}","id":1}}"#);
-    let mut out = Vec::new();
-    wire::put_frame(&mut out, wire::TEXT, sub.as_bytes());
-    conn.writer.write_all(&out).await?;
-    loop {
-        let frame = conn
-            .reader
-            .next()
-            .await?
-            .context("closed while subscribing")?;
-        if matches!(frame.opcode, wire::TEXT | wire::BINARY) {
-            anyhow::ensure!(
-                frame.payload == br#"{"op":"ok","id":1}"#,
-                "unexpected answer: {}",
-                String::from_utf8_lossy(frame.payload)
-            );
-            return Ok(conn);
-        }
-    }
+    let broker = Endpoint { addr, relay: false };
+    workload::connect_subscriber(broker, &format!("bench/idle/{i}"), Encoding::Json).await
 }
 
 /// Opens the connections, measures, closes them.

@@ -11,7 +11,8 @@
 //! By default the broker is a child process started on loopback ([`local`]), so that its CPU
 //! time and memory are read from `/proc` apart from the client's. The client ([`wire`],
 //! [`workload`]) is built not to be the bottleneck: pre-encoded frames patched in place, many
-//! frames per write, frames read in place from large buffers.
+//! frames per write, frames read in place from large buffers. What it says in breadboard's
+//! protocol (a `pub`, a `sub`, the `ok` to it) is encoded and decoded in [`frames`] alone.
 //!
 //! ```text
 //!  bench ──► workload::run ──► Endpoint (broker child | relay) ──► Measured
@@ -20,6 +21,7 @@
 //! ```
 
 mod conns;
+mod frames;
 mod local;
 mod payload;
 mod relay;

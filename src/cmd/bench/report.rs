@@ -1,7 +1,5 @@
 //! What a bench run found, as a table for people and as JSON for machines.
 
-use std::fmt::Write;
-
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -186,92 +184,153 @@ impl Report {
         self.broker.lost > 0 || self.relay.as_ref().is_some_and(|r| r.lost > 0)
     }
 
-    /// The table printed at the end of a run.
+    /// The table printed at the end of a run: what was run, then a row per figure.
     pub fn table(&self) -> String {
-        let w = &self.workload;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{} {}→{}, {} msgs of {} B, {}{}, {} run(s), median",
-            w.mode,
-            w.pubs,
-            w.subs,
-            w.msgs,
-            w.size,
-            w.encoding,
-            w.rate.map(|r| format!(" at {r} msg/s")).unwrap_or_default(),
-            w.runs,
-        );
-        let mut rows: Vec<[String; 4]> = vec![[
-            String::new(),
-            "broker".into(),
-            if self.relay.is_some() {
-                "relay".into()
-            } else {
-                String::new()
-            },
-            if self.relay.is_some() {
-                "broker/relay".into()
-            } else {
-                String::new()
-            },
-        ]];
-        let relay = self.relay.as_ref();
-        let mut row =
-            |name: &str, get: &dyn Fn(&Outcome) -> Option<f64>, fmt: fn(f64) -> String| {
-                let b = get(&self.broker);
-                let r = relay.and_then(get);
-                let ratio = match (b, r) {
-                    (Some(b), Some(r)) if r != 0.0 => format!("{:.2}×", b / r),
-                    _ => String::new(),
-                };
-                rows.push([
-                    name.to_string(),
-                    b.map(fmt).unwrap_or_else(|| "-".into()),
-                    match (relay, r) {
-                        (None, _) => String::new(),
-                        (Some(_), r) => r.map(fmt).unwrap_or_else(|| "-".into()),
-                    },
-                    ratio,
-                ]);
-            };
-        row("deliveries/s", &|o| Some(o.delivery_rate), |v| {
-            format!("{:.3} M", v / 1e6)
-        });
-        row("published/s", &|o| Some(o.publish_rate), |v| {
-            format!("{:.3} M", v / 1e6)
-        });
-        row("lost", &|o| Some(o.lost as f64), |v| format!("{v}"));
-        row("CPU per delivery", &|o| o.cpu_per_delivery_us, |v| {
-            format!("{v:.3} µs")
-        });
-        row(
-            "client CPU per delivery",
-            &|o| o.client_cpu_per_delivery_us,
-            |v| format!("{v:.3} µs"),
-        );
-        row("CPU", &|o| o.cpu_s, |v| format!("{v:.2} s"));
-        row("RSS", &|o| o.rss_bytes.map(|b| b as f64), |v| {
-            format!("{:.1} MiB", v / (1 << 20) as f64)
-        });
+        let mut rows = vec![self.header()];
+        for f in FIGURES {
+            rows.push(self.row(f.name, &f.get, f.show));
+        }
         if self.broker.latency.is_some() {
-            type Get = fn(&Latency) -> f64;
-            let percentiles: [(&str, Get); 5] = [
-                ("latency p50", |l| l.p50_us),
-                ("latency p90", |l| l.p90_us),
-                ("latency p99", |l| l.p99_us),
-                ("latency p99.9", |l| l.p999_us),
-                ("latency max", |l| l.max_us),
-            ];
-            for (name, get) in percentiles {
-                row(name, &|o| o.latency.as_ref().map(get), |v| {
-                    format!("{v:.1} µs")
-                });
+            for (name, get) in PERCENTILES {
+                rows.push(self.row(name, &|o| o.latency.as_ref().map(get), latency_micros));
             }
         }
-        out.push_str(&render(&rows));
-        out
+        format!("{}\n{}", self.workload.title(), render(&rows))
     }
+
+    /// The columns' names; the relay's and the ratio's stay blank (and are left out) without
+    /// a relay.
+    fn header(&self) -> [String; 4] {
+        let if_relay = |name: &str| {
+            if self.relay.is_some() {
+                name.to_string()
+            } else {
+                String::new()
+            }
+        };
+        [
+            String::new(),
+            "broker".into(),
+            if_relay("relay"),
+            if_relay("broker/relay"),
+        ]
+    }
+
+    /// One figure of the broker and of the relay, and their ratio: `-` for a value that could
+    /// not be measured, no ratio where there is nothing to divide.
+    fn row(
+        &self,
+        name: &str,
+        get: &dyn Fn(&Outcome) -> Option<f64>,
+        show: fn(f64) -> String,
+    ) -> [String; 4] {
+        let broker = get(&self.broker);
+        let relay = self.relay.as_ref().map(get);
+        let ratio = match (broker, relay.flatten()) {
+            (Some(b), Some(r)) if r != 0.0 => format!("{:.2}×", b / r),
+            _ => String::new(),
+        };
+        let show = |v: Option<f64>| v.map(show).unwrap_or_else(|| "-".into());
+        [
+            name.to_string(),
+            show(broker),
+            relay.map(show).unwrap_or_default(),
+            ratio,
+        ]
+    }
+}
+
+impl Workload {
+    /// The table's first line: what was run.
+    fn title(&self) -> String {
+        format!(
+            "{} {}→{}, {} msgs of {} B, {}{}, {} run(s), median",
+            self.mode,
+            self.pubs,
+            self.subs,
+            self.msgs,
+            self.size,
+            self.encoding,
+            self.rate
+                .map(|r| format!(" at {r} msg/s"))
+                .unwrap_or_default(),
+            self.runs,
+        )
+    }
+}
+
+/// A row of the table: a figure of an [`Outcome`] (`None` when it could not be measured) and
+/// how it is shown.
+struct Figure {
+    name: &'static str,
+    get: fn(&Outcome) -> Option<f64>,
+    show: fn(f64) -> String,
+}
+
+/// The rows of every table, in order.
+const FIGURES: &[Figure] = &[
+    Figure {
+        name: "deliveries/s",
+        get: |o| Some(o.delivery_rate),
+        show: millions,
+    },
+    Figure {
+        name: "published/s",
+        get: |o| Some(o.publish_rate),
+        show: millions,
+    },
+    Figure {
+        name: "lost",
+        get: |o| Some(o.lost as f64),
+        show: |v| format!("{v}"),
+    },
+    Figure {
+        name: "CPU per delivery",
+        get: |o| o.cpu_per_delivery_us,
+        show: micros,
+    },
+    Figure {
+        name: "client CPU per delivery",
+        get: |o| o.client_cpu_per_delivery_us,
+        show: micros,
+    },
+    Figure {
+        name: "CPU",
+        get: |o| o.cpu_s,
+        show: |v| format!("{v:.2} s"),
+    },
+    Figure {
+        name: "RSS",
+        get: |o| o.rss_bytes.map(|b| b as f64),
+        show: |v| format!("{:.1} MiB", v / (1 << 20) as f64),
+    },
+];
+
+/// A percentile of a [`Latency`].
+type Percentile = fn(&Latency) -> f64;
+
+/// The rows added in latency mode, one per percentile.
+const PERCENTILES: [(&str, Percentile); 5] = [
+    ("latency p50", |l| l.p50_us),
+    ("latency p90", |l| l.p90_us),
+    ("latency p99", |l| l.p99_us),
+    ("latency p99.9", |l| l.p999_us),
+    ("latency max", |l| l.max_us),
+];
+
+/// Rates, in millions per second.
+fn millions(v: f64) -> String {
+    format!("{:.3} M", v / 1e6)
+}
+
+/// CPU per delivery: fractions of a microsecond matter.
+fn micros(v: f64) -> String {
+    format!("{v:.3} µs")
+}
+
+/// Latencies: tenths of a microsecond are enough.
+fn latency_micros(v: f64) -> String {
+    format!("{v:.1} µs")
 }
 
 /// Lays out rows as aligned columns: the first left-aligned, the others right-aligned.

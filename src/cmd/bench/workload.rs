@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Subscribers connect and subscribe first; then every publisher sends its share. Each
-//! subscriber checks every stamp (see [`payload`](super::payload)), so losses and duplicates are
+//! subscriber checks every stamp (see [`payload`]), so losses and duplicates are
 //! counted, not assumed. In latency mode each publisher paces itself on a thread of its own and
 //! subscribers record `now - sent` in an HdrHistogram.
 
@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use proto::{ClientFrame, Encoding, Publish, ServerFrame, TopicFilter, TopicName};
+use proto::Encoding;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::payload::{self, Stamp, Tally};
-use super::wire;
+use super::{frames, wire};
 
 /// The topic every bench message goes to.
 const TOPIC: &str = "bench/t";
@@ -70,6 +70,17 @@ pub struct Params {
 }
 
 impl Params {
+    /// Refuses a workload the run cannot carry out: a stamp numbers publishers with a `u16`,
+    /// and a run without subscribers would measure nothing.
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.pubs > 0 && self.pubs <= usize::from(u16::MAX),
+            "--pubs out of range"
+        );
+        anyhow::ensure!(self.subs > 0, "--subs must be at least 1");
+        Ok(())
+    }
+
     /// How many messages publisher `i` sends.
     pub fn share(&self, i: usize) -> u64 {
         let pubs = self.pubs as u64;
@@ -133,6 +144,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// Nothing sent or received yet; stamps count from now.
+    fn new(p: &Params) -> Self {
+        Self {
+            received: (0..p.subs).map(|_| Padded::default()).collect(),
+            claimed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            window: p.window.max(1),
+            waiting: AtomicUsize::new(0),
+            opened: Notify::new(),
+            origin: Instant::now(),
+        }
+    }
+
     fn slowest(&self) -> u64 {
         self.received
             .iter()
@@ -187,68 +211,48 @@ impl Shared {
     }
 }
 
-fn encode(frame: &ClientFrame, enc: Encoding) -> (u8, Vec<u8>) {
-    let opcode = match enc {
-        Encoding::Json => wire::TEXT,
-        Encoding::MsgPack => wire::BINARY,
-    };
-    (opcode, proto::encode_client(frame, enc))
-}
-
-/// The WebSocket frame a publisher sends, and where its stamp's marker is.
-fn publish_frame(size: usize, enc: Encoding) -> anyhow::Result<(Vec<u8>, usize)> {
-    let frame = ClientFrame::Pub(Publish {
-        topic: TopicName::new(TOPIC)?,
-        data: payload::template(size).into(),
-        retain: false,
-        reply: None,
-        id: None,
-    });
-    let (opcode, bytes) = encode(&frame, enc);
-    let mut ws = Vec::with_capacity(bytes.len() + 14);
-    wire::put_frame(&mut ws, opcode, &bytes);
-    let at = payload::find(&ws).context("no marker in the encoded frame")?;
-    Ok((ws, at))
-}
-
-async fn connect_subscriber(ep: Endpoint, enc: Encoding) -> anyhow::Result<wire::Conn> {
+/// Connects a subscriber and subscribes it to `filter`; returns once nothing published from
+/// then on can be missed: after the broker's `ok`, or the relay's `ready` (the relay has no
+/// topics: its subscribers get everything). `bench` and `bench conns` both subscribe this way.
+///
+/// # Errors
+/// The connection failed or closed, or the first answer was not the one expected.
+pub async fn connect_subscriber(
+    ep: Endpoint,
+    filter: &str,
+    enc: Encoding,
+) -> anyhow::Result<wire::Conn> {
     let path = if ep.relay { "/sub" } else { "/" };
     let mut conn = wire::connect(ep.addr, path).await?;
     if !ep.relay {
-        let (opcode, sub) = encode(
-            &ClientFrame::Sub {
-                topic: TopicFilter::new(TOPIC)?,
-                id: Some(1),
-            },
-            enc,
-        );
-        let mut out = Vec::new();
-        wire::put_frame(&mut out, opcode, &sub);
-        conn.writer.write_all(&out).await?;
+        conn.writer
+            .write_all(&frames::subscribe(filter, enc)?)
+            .await?;
     }
-    // The broker's `ok`, or the relay's `ready`: from then on, nothing published is missed.
     loop {
         let frame = conn
             .reader
             .next()
             .await?
             .context("closed while subscribing")?;
-        match frame.opcode {
-            wire::TEXT | wire::BINARY if ep.relay => break,
-            wire::TEXT | wire::BINARY => match proto::decode_server(frame.payload, enc) {
-                Ok(ServerFrame::Ok { id: 1 }) => break,
-                other => anyhow::bail!("unexpected answer to subscribe: {other:?}"),
-            },
-            _ => {}
+        if matches!(frame.opcode, wire::TEXT | wire::BINARY) {
+            if !ep.relay {
+                frames::subscribed(frame.payload, enc)?;
+            }
+            return Ok(conn);
         }
     }
-    Ok(conn)
 }
 
+/// What a subscriber hands back when its run is over.
 struct SubscriberEnd {
+    /// Kept open until the figures are taken, so that no close disturbs the run's end.
     conn: wire::Conn,
+    /// What it received.
     tally: Tally,
+    /// Its latencies, in latency mode.
     latency: Option<Histogram<u64>>,
+    /// When it received its last expected message (`None`: it never did).
     done: Option<Instant>,
 }
 
@@ -351,6 +355,19 @@ struct Pacing {
     start: Instant,
 }
 
+impl Pacing {
+    /// Publisher `i` of `pubs` sharing `rate` messages per second from `start`: its share of
+    /// the rate, its start staggered so that the publishers spread evenly over one interval.
+    fn staggered(rate: f64, pubs: usize, i: usize, start: Instant) -> Self {
+        let rate = rate / pubs as f64;
+        let offset = Duration::from_secs_f64(i as f64 / (rate * pubs as f64));
+        Self {
+            rate,
+            start: start + offset,
+        }
+    }
+}
+
 /// Sends `count` messages at the pace given, one write each, stamped just before it;
 /// runs on a thread of its own so that pacing is not limited by the runtime's timer.
 fn publish_paced(
@@ -393,6 +410,72 @@ async fn drain(mut reader: wire::FrameReader<tokio::net::tcp::OwnedReadHalf>) {
     }
 }
 
+/// One publisher's part of the workload, handed to the task or thread that sends it.
+struct Publisher {
+    /// Its index in the stamps.
+    index: u16,
+    /// Its frame, stamp zeroed, and where the stamp's marker is.
+    frame: (Vec<u8>, usize),
+    /// Its share of the messages.
+    count: u64,
+    shared: Arc<Shared>,
+}
+
+/// The running publishers: each ends with its index, and what it sent and when it finished.
+type Publishers = JoinSet<(u16, io::Result<(u64, Instant)>)>;
+
+impl Publisher {
+    /// Sends as fast as the window allows, as a task; what the target sends back is drained.
+    fn spawn_fast(self, conn: wire::Conn, publishers: &mut Publishers) {
+        tokio::spawn(drain(conn.reader));
+        publishers.spawn(async move {
+            let index = self.index;
+            let sent = publish_fast(index, conn.writer, self.frame, self.count, self.shared).await;
+            (index, sent)
+        });
+    }
+
+    /// Sends at its pace, on a thread of its own over a blocking socket.
+    ///
+    /// # Errors
+    /// The socket could not be made blocking.
+    fn spawn_paced(
+        self,
+        conn: wire::Conn,
+        pacing: Pacing,
+        stop: CancellationToken,
+        publishers: &mut Publishers,
+    ) -> io::Result<()> {
+        let stream = blocking_stream(conn)?;
+        publishers.spawn_blocking(move || {
+            let index = self.index;
+            let sent = publish_paced(
+                index,
+                stream,
+                self.frame,
+                self.count,
+                pacing,
+                self.shared,
+                stop,
+            );
+            (index, sent)
+        });
+        Ok(())
+    }
+}
+
+/// A connection as one blocking std socket, for a paced publisher's thread: a thread that
+/// sleeps until each message is due paces more finely than the runtime's timer.
+fn blocking_stream(conn: wire::Conn) -> io::Result<std::net::TcpStream> {
+    let stream = conn
+        .writer
+        .reunite(conn.reader.into_inner())
+        .map_err(|e| io::Error::other(format!("cannot reunite the publisher's halves: {e}")))?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 /// Runs the workload once. `probe` is called right before the first message and right after
 /// the last delivery, so the caller can read the target's CPU time in between.
 ///
@@ -404,146 +487,246 @@ pub async fn run(
     progress: &ProgressBar,
     probe: &mut dyn FnMut(),
 ) -> anyhow::Result<Measured> {
-    anyhow::ensure!(
-        p.pubs > 0 && p.pubs <= usize::from(u16::MAX),
-        "--pubs out of range"
-    );
-    anyhow::ensure!(p.subs > 0, "--subs must be at least 1");
+    p.check()?;
     let deadline = Instant::now() + p.timeout;
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
-    let shared = Arc::new(Shared {
-        received: (0..p.subs).map(|_| Padded::default()).collect(),
-        claimed: AtomicU64::new(0),
-        written: AtomicU64::new(0),
-        window: p.window.max(1),
-        waiting: AtomicUsize::new(0),
-        opened: Notify::new(),
-        origin: Instant::now(),
-    });
-    let template = publish_frame(p.size, p.encoding)?;
+    let shared = Arc::new(Shared::new(p));
+    let frame = frames::publish(TOPIC, p.size, p.encoding)?;
+    let sub_conns = connect_subscribers(ep, p).await?;
+    let pub_conns = connect_publishers(ep, p.pubs).await?;
+    let subscribers = spawn_subscribers(sub_conns, &shared, p, &stop);
 
+    probe();
+    let start = Instant::now();
+    let publishers = spawn_publishers(pub_conns, &frame, start, &shared, p, &stop)?;
+    let watch = Watch {
+        shared: &shared,
+        progress,
+        stop: &stop,
+        deadline,
+        start,
+    };
+    let ended = watch.until_done(publishers, subscribers).await?;
+    probe();
+    ended.measured(p, shared.written.load(SeqCst), start)
+}
+
+/// Connects and subscribes every subscriber, all at once: they must all be subscribed before
+/// the first message, or they would miss it.
+async fn connect_subscribers(ep: Endpoint, p: &Params) -> anyhow::Result<Vec<wire::Conn>> {
     let mut connecting = JoinSet::new();
     for _ in 0..p.subs {
         connecting.spawn(tokio::time::timeout(
             SETUP_TIMEOUT,
-            connect_subscriber(ep, p.encoding),
+            connect_subscriber(ep, TOPIC, p.encoding),
         ));
     }
-    let mut sub_conns = Vec::with_capacity(p.subs);
+    let mut conns = Vec::with_capacity(p.subs);
     while let Some(conn) = connecting.join_next().await {
-        sub_conns.push(conn?.context("subscribing took too long")??);
+        conns.push(conn?.context("subscribing took too long")??);
     }
-    let pub_path = if ep.relay { "/pub" } else { "/" };
-    let mut pub_conns = Vec::with_capacity(p.pubs);
-    for _ in 0..p.pubs {
-        let conn = tokio::time::timeout(SETUP_TIMEOUT, wire::connect(ep.addr, pub_path))
+    Ok(conns)
+}
+
+/// Connects every publisher, before any sends, so that connecting is not timed.
+async fn connect_publishers(ep: Endpoint, pubs: usize) -> anyhow::Result<Vec<wire::Conn>> {
+    let path = if ep.relay { "/pub" } else { "/" };
+    let mut conns = Vec::with_capacity(pubs);
+    for _ in 0..pubs {
+        let conn = tokio::time::timeout(SETUP_TIMEOUT, wire::connect(ep.addr, path))
             .await
             .context("connecting a publisher took too long")??;
-        pub_conns.push(conn);
+        conns.push(conn);
     }
+    Ok(conns)
+}
 
-    let expected: u64 = p.msgs;
+/// The running subscribers.
+type Subscribers = JoinSet<io::Result<SubscriberEnd>>;
+
+/// Starts a task per subscriber, each expecting every message published.
+fn spawn_subscribers(
+    conns: Vec<wire::Conn>,
+    shared: &Arc<Shared>,
+    p: &Params,
+    stop: &CancellationToken,
+) -> Subscribers {
     let mut subscribers = JoinSet::new();
-    for (i, conn) in sub_conns.into_iter().enumerate() {
+    for (i, conn) in conns.into_iter().enumerate() {
         subscribers.spawn(subscribe_loop(
             i,
             conn,
             shared.clone(),
             p.pubs,
-            expected,
+            p.msgs,
             p.rate.is_some(),
             stop.clone(),
         ));
     }
+    subscribers
+}
 
-    probe();
-    let start = Instant::now();
+/// Starts every publisher with its share of the messages, from `start`: as fast as the window
+/// allows, or (latency mode) paced and staggered evenly over one interval.
+///
+/// # Errors
+/// A paced publisher's socket could not be made blocking.
+fn spawn_publishers(
+    conns: Vec<wire::Conn>,
+    frame: &(Vec<u8>, usize),
+    start: Instant,
+    shared: &Arc<Shared>,
+    p: &Params,
+    stop: &CancellationToken,
+) -> io::Result<Publishers> {
     let mut publishers = JoinSet::new();
-    for (i, conn) in pub_conns.into_iter().enumerate() {
-        let (index, count, shared, template) =
-            (i as u16, p.share(i), shared.clone(), template.clone());
+    for (i, conn) in conns.into_iter().enumerate() {
+        let publisher = Publisher {
+            index: i as u16,
+            frame: frame.clone(),
+            count: p.share(i),
+            shared: shared.clone(),
+        };
         match p.rate {
-            None => {
-                tokio::spawn(drain(conn.reader));
-                publishers.spawn(async move {
-                    let sent = publish_fast(index, conn.writer, template, count, shared).await;
-                    (index, sent)
-                });
-            }
+            None => publisher.spawn_fast(conn, &mut publishers),
             Some(rate) => {
-                let stream = conn.writer.reunite(conn.reader.into_inner()).map_err(|e| {
-                    io::Error::other(format!("cannot reunite the publisher's halves: {e}"))
-                })?;
-                let stream = stream.into_std()?;
-                stream.set_nonblocking(false)?;
-                let stop = stop.clone();
-                // Stagger publishers evenly over one interval.
-                let rate = rate / p.pubs as f64;
-                let offset = Duration::from_secs_f64(i as f64 / (rate * p.pubs as f64));
-                publishers.spawn_blocking(move || {
-                    let pacing = Pacing {
-                        rate,
-                        start: start + offset,
-                    };
-                    let sent = publish_paced(index, stream, template, count, pacing, shared, stop);
-                    (index, sent)
-                });
+                let pacing = Pacing::staggered(rate, p.pubs, i, start);
+                publisher.spawn_paced(conn, pacing, stop.clone(), &mut publishers)?;
             }
         }
     }
+    Ok(publishers)
+}
 
-    // Watch progress; stop a run that is past its deadline or stalled.
-    let mut publish_end = start;
-    let mut last = (0u64, Instant::now());
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut ends = Vec::with_capacity(p.subs);
-    let mut publishing = p.pubs;
-    loop {
-        tokio::select! {
-            published = publishers.join_next(), if publishing > 0 => {
-                let Some(published) = published else { continue };
-                publishing -= 1;
-                match published {
-                    Ok((_, Ok((_, end)))) => publish_end = publish_end.max(end),
-                    Ok((index, Err(e))) => {
-                        // Subscribers still expect its whole share: what it could not send
-                        // shows as lost.
-                        tracing::warn!(publisher = index, error = %e, "a publisher failed");
+/// Watches a run while it goes: shows its progress, and stops it when it is past its deadline
+/// or stalled (nothing received for [`STALL`] once publishing is over), so that a run with
+/// losses ends and reports them instead of waiting for messages that will never come.
+struct Watch<'a> {
+    shared: &'a Shared,
+    progress: &'a ProgressBar,
+    stop: &'a CancellationToken,
+    deadline: Instant,
+    /// When the first publisher started.
+    start: Instant,
+}
+
+/// How a run ended, as the watcher saw it.
+struct Ended {
+    /// When the last publisher finished (or the run was cut short).
+    publish_end: Instant,
+    /// When the last subscriber received its last expected message.
+    delivered_end: Instant,
+    /// Every subscriber's end.
+    ends: Vec<SubscriberEnd>,
+}
+
+impl Watch<'_> {
+    /// Waits for every subscriber to end, stopping the run if it must.
+    ///
+    /// # Errors
+    /// A publisher panicked, or a subscriber failed or panicked.
+    async fn until_done(
+        &self,
+        mut publishers: Publishers,
+        mut subscribers: Subscribers,
+    ) -> anyhow::Result<Ended> {
+        let mut publish_end = self.start;
+        let mut last = (0u64, Instant::now());
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ends = Vec::with_capacity(subscribers.len());
+        let mut publishing = publishers.len();
+        loop {
+            tokio::select! {
+                published = publishers.join_next(), if publishing > 0 => {
+                    let Some(published) = published else { continue };
+                    publishing -= 1;
+                    if let Some(end) = publisher_end(published)? {
+                        publish_end = publish_end.max(end);
                     }
-                    Err(e) => anyhow::bail!("a publisher panicked: {e}"),
                 }
-            }
-            end = subscribers.join_next() => {
-                let Some(end) = end else { break };
-                ends.push(end??);
-            }
-            _ = tick.tick() => {
-                let received = shared.total_received();
-                progress.set_position(received);
-                let now = Instant::now();
-                if received != last.0 {
-                    last = (received, now);
+                end = subscribers.join_next() => {
+                    let Some(end) = end else { break };
+                    ends.push(end??);
                 }
-                let stalled = publishing == 0 && now - last.1 > STALL;
-                if now > deadline || stalled {
-                    stop.cancel();
-                }
+                _ = tick.tick() => self.on_tick(&mut last, publishing),
             }
         }
+        if publishing > 0 {
+            // Cut short: the publishers that were still going count as publishing until now.
+            publish_end = Instant::now();
+        }
+        self.progress.set_position(self.shared.total_received());
+        let delivered_end = ends
+            .iter()
+            .filter_map(|e| e.done)
+            .max()
+            .unwrap_or_else(Instant::now);
+        Ok(Ended {
+            publish_end,
+            delivered_end,
+            ends,
+        })
     }
-    if publishing > 0 {
-        // Cut short: the publishers that were still going count as publishing until now.
-        publish_end = Instant::now();
-    }
-    progress.set_position(shared.total_received());
-    let delivered_end = ends
-        .iter()
-        .filter_map(|e| e.done)
-        .max()
-        .unwrap_or_else(Instant::now);
-    probe();
 
+    /// Shows progress; stops the run past its deadline, or when `last`, the count received
+    /// and when it last changed, shows a stall once no publisher is left.
+    fn on_tick(&self, last: &mut (u64, Instant), publishing: usize) {
+        let received = self.shared.total_received();
+        self.progress.set_position(received);
+        let now = Instant::now();
+        if received != last.0 {
+            *last = (received, now);
+        }
+        let stalled = publishing == 0 && now - last.1 > STALL;
+        if now > self.deadline || stalled {
+            self.stop.cancel();
+        }
+    }
+}
+
+/// When a publisher that ended finished; `None` if it failed. A failure is logged, not fatal:
+/// subscribers still expect its whole share, so what it could not send shows as lost.
+///
+/// # Errors
+/// The publisher panicked.
+fn publisher_end(
+    joined: Result<(u16, io::Result<(u64, Instant)>), JoinError>,
+) -> anyhow::Result<Option<Instant>> {
+    match joined {
+        Ok((_, Ok((_, end)))) => Ok(Some(end)),
+        Ok((index, Err(e))) => {
+            tracing::warn!(publisher = index, error = %e, "a publisher failed");
+            Ok(None)
+        }
+        Err(e) => anyhow::bail!("a publisher panicked: {e}"),
+    }
+}
+
+impl Ended {
+    /// The run's figures, timed from `start`, with `published` messages written.
+    ///
+    /// # Errors
+    /// Subscribers' histograms could not be merged.
+    fn measured(self, p: &Params, published: u64, start: Instant) -> anyhow::Result<Measured> {
+        let (tallies, latency) = merge(self.ends)?;
+        Ok(Measured {
+            // Subscribers are held to what was asked for: anything not sent shows as lost.
+            asked: (0..p.pubs).map(|i| p.share(i)).collect(),
+            published,
+            publish_s: (self.publish_end - start).as_secs_f64(),
+            elapsed_s: (self.delivered_end - start).as_secs_f64(),
+            tallies,
+            latency,
+        })
+    }
+}
+
+/// Every subscriber's tally, and their latencies in one histogram; closes their connections.
+///
+/// # Errors
+/// The histograms could not be merged.
+fn merge(ends: Vec<SubscriberEnd>) -> anyhow::Result<(Vec<Tally>, Option<Histogram<u64>>)> {
     let mut latency: Option<Histogram<u64>> = None;
     let mut tallies = Vec::with_capacity(ends.len());
     for end in ends {
@@ -556,15 +739,7 @@ pub async fn run(
         tallies.push(end.tally);
         drop(end.conn);
     }
-    Ok(Measured {
-        // Subscribers are held to what was asked for: anything not sent shows as lost.
-        asked: (0..p.pubs).map(|i| p.share(i)).collect(),
-        published: shared.written.load(SeqCst),
-        publish_s: (publish_end - start).as_secs_f64(),
-        elapsed_s: (delivered_end - start).as_secs_f64(),
-        tallies,
-        latency,
-    })
+    Ok((tallies, latency))
 }
 
 #[cfg(test)]
@@ -584,26 +759,6 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         assert_eq!((0..3).map(|i| p.share(i)).collect::<Vec<_>>(), [4, 3, 3]);
-    }
-
-    #[test]
-    fn publish_frames_carry_the_marker_in_both_encodings() {
-        for enc in [Encoding::Json, Encoding::MsgPack] {
-            let (mut frame, at) = publish_frame(64, enc).unwrap();
-            let stamp = Stamp {
-                publisher: 1,
-                seq: 2,
-                sent_ns: 3,
-            };
-            payload::write(&mut frame, at, stamp);
-            let header = wire::parse_header(&frame).unwrap().unwrap();
-            let body = &frame[header.len..];
-            let Ok(ClientFrame::Pub(p)) = proto::decode_client(body, enc) else {
-                panic!("not a pub frame");
-            };
-            assert_eq!(p.data.as_str().unwrap().len(), 64);
-            assert_eq!(payload::read(body), Some(stamp));
-        }
     }
 
     #[test]
