@@ -11,12 +11,12 @@ use super::{payload, wire};
 const SUB_ID: u64 = 1;
 
 /// A client frame, encoded and framed as the WebSocket message that carries it.
-fn to_websocket(frame: &ClientFrame, enc: Encoding) -> Vec<u8> {
+fn to_websocket(frame: &ClientFrame<'_>, enc: Encoding) -> Vec<u8> {
     let opcode = match enc {
         Encoding::Json => wire::TEXT,
         Encoding::MsgPack => wire::BINARY,
     };
-    let bytes = proto::encode_client(frame, enc);
+    let bytes = frame.encode(enc).into_bytes();
     let mut ws = Vec::with_capacity(bytes.len() + 14);
     wire::put_frame(&mut ws, opcode, &bytes);
     ws
@@ -28,13 +28,10 @@ fn to_websocket(frame: &ClientFrame, enc: Encoding) -> Vec<u8> {
 /// # Errors
 /// `topic` is not a valid topic name, or the encoded frame lost the marker.
 pub fn publish(topic: &str, size: usize, enc: Encoding) -> anyhow::Result<(Vec<u8>, usize)> {
-    let frame = ClientFrame::Pub(Publish {
-        topic: TopicName::new(topic)?,
-        data: payload::template(size).into(),
-        retain: false,
-        reply: None,
-        id: None,
-    });
+    let frame = ClientFrame::Pub(Publish::new(
+        TopicName::new(topic)?,
+        serde_json::Value::from(payload::template(size)),
+    ));
     let ws = to_websocket(&frame, enc);
     let at = payload::find(&ws).context("no marker in the encoded frame")?;
     Ok((ws, at))
@@ -58,7 +55,7 @@ pub fn subscribe(filter: &str, enc: Encoding) -> anyhow::Result<Vec<u8>> {
 /// # Errors
 /// Anything else: an error frame, another frame, or what does not decode.
 pub fn subscribed(payload: &[u8], enc: Encoding) -> anyhow::Result<()> {
-    match proto::decode_server(payload, enc) {
+    match ServerFrame::decode(payload, enc) {
         Ok(ServerFrame::Ok { id: SUB_ID }) => Ok(()),
         other => anyhow::bail!("unexpected answer to subscribe: {other:?}"),
     }
@@ -81,10 +78,10 @@ mod tests {
             payload::write(&mut frame, at, stamp);
             let header = wire::parse_header(&frame).unwrap().unwrap();
             let body = &frame[header.len..];
-            let Ok(ClientFrame::Pub(p)) = proto::decode_client(body, enc) else {
+            let Ok(ClientFrame::Pub(p)) = ClientFrame::decode(body, enc) else {
                 panic!("not a pub frame");
             };
-            assert_eq!(p.data.as_str().unwrap().len(), 64);
+            assert_eq!(p.data.into_value().as_str().unwrap().len(), 64);
             assert_eq!(payload::read(body), Some(stamp));
         }
     }
