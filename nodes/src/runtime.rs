@@ -173,7 +173,8 @@ impl NodeHandle {
             Ok(result) => result,
             Err(e) => Err(Error::Failed {
                 name: self.name,
-                reason: format!("node task ended abnormally: {e}"),
+                reason: "its task ended abnormally".into(),
+                source: Some(Box::new(e)),
             }),
         }
     }
@@ -267,7 +268,8 @@ impl Runtime {
         let result = self.serve(&mut node).await;
         self.status.send_replace(Status::Stopped);
         if let Err(e) = &result {
-            tracing::error!(error = %e, "node stopped");
+            // As an error value, so that the log shows its sources too.
+            tracing::error!(error = e as &dyn std::error::Error, "node stopped");
         }
         result
     }
@@ -306,7 +308,8 @@ impl Runtime {
                     other => other.map(|r| {
                         r.map_err(|e| Error::Failed {
                             name: self.config.name.clone(),
-                            reason: format!("setup: {e}"),
+                            reason: "setup".into(),
+                            source: Some(e),
                         })
                     }),
                 }
@@ -373,6 +376,7 @@ impl Runtime {
             Some(Err(reason)) => Err(Error::Failed {
                 name: self.config.name.clone(),
                 reason,
+                source: None,
             }),
             _ => Ok(()),
         }
