@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(short = 'n', long = "count")]
     pub count: Option<u64>,
     /// Stop after this many seconds (with -n: fail if fewer messages came).
-    #[arg(long, value_parser = nodes::kinds::parse_seconds)]
+    #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
     /// Say hello with this name (the broker then shows this client's presence).
     #[arg(long)]
