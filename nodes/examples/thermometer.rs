@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use nodes::runtime::{self, BrokerSource, Config};
 use nodes::{Context, HookResult, Message, Node};
 use tokio_util::sync::CancellationToken;
@@ -67,23 +66,54 @@ impl Node for Thermometer {
     }
 }
 
-/// A thermometer node for breadboard.
-#[derive(Parser)]
+/// The command line: `[--broker URL] [--name NAME] [--period SECONDS]`.
 struct Args {
     /// The broker's address.
-    #[arg(long, default_value = nodes::DEFAULT_BROKER)]
     broker: String,
     /// The node's name.
-    #[arg(long, default_value = "thermo-1")]
     name: String,
-    /// Seconds between readings.
-    #[arg(long, default_value = "1", value_parser = nodes::kinds::parse_seconds)]
+    /// Time between readings.
     period: Duration,
+}
+
+impl Args {
+    /// Reads the flags by hand: a node needs no argument parser (a bigger one may want clap).
+    fn parse() -> Result<Self, String> {
+        let mut args = Self {
+            broker: nodes::DEFAULT_BROKER.to_string(),
+            name: "thermo-1".to_string(),
+            period: Duration::from_secs(1),
+        };
+        let mut argv = std::env::args().skip(1);
+        while let Some(flag) = argv.next() {
+            let mut value = || argv.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--broker" => args.broker = value()?,
+                "--name" => args.name = value()?,
+                "--period" => {
+                    let text = value()?;
+                    args.period = text
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|secs| *secs > 0.0)
+                        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                        .ok_or(format!("--period {text}: not a positive number of seconds"))?;
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown flag {flag}; usage: thermometer [--broker URL] [--name NAME] \
+                         [--period SECONDS]"
+                    ))
+                }
+            }
+        }
+        Ok(args)
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+    let args = Args::parse()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -2,6 +2,8 @@
 
 use proto::{ErrorCode, TopicError};
 
+use crate::node::BoxError;
+
 /// Everything that can go wrong talking to a broker or running a node.
 ///
 /// Expected conditions are variants of their own ([`Error::TimedOut`], [`Error::NoResponders`],
@@ -49,13 +51,18 @@ pub enum Error {
     /// The source of broker addresses ended without ever giving one.
     #[error("no broker address to connect to")]
     NoBroker,
-    /// A node stopped itself with [`Context::fail`](crate::Context::fail) or its `setup` failed.
+    /// A node stopped itself with [`Context::fail`](crate::Context::fail), its `setup` failed,
+    /// or its task ended abnormally.
     #[error("node {name} failed: {reason}")]
     Failed {
         /// The node's name.
         name: String,
-        /// Why.
+        /// The reason the node gave, or what failed (`setup`).
         reason: String,
+        /// The error behind it, when there is one: what `setup` returned, or why the task
+        /// ended. Kept whole so that the chain can be read (`{:#}` with anyhow).
+        #[source]
+        source: Option<BoxError>,
     },
 }
 

@@ -1,18 +1,22 @@
 //! breadboard's nodes: the API to write one, the runtime that runs one, and the built-in kinds.
+//! No command-line parsing here: the CLI turns flags into the plain option structs below.
 //!
 //! Parts:
 //! - [`client`]: an async WebSocket client of the broker ([`Client`]): hello, subscribe,
 //!   publish awaiting the broker's `ok`, delivered [`Messages`], ping, and NATS-style
-//!   request/reply over one wildcard inbox. The CLI tools use it too.
+//!   request/reply over one wildcard inbox. The CLI tools use it too. Inside: the handle
+//!   (`client/mod.rs`), the task owning the socket (`connection.rs`), the one place frames
+//!   are encoded and decoded (`codec.rs`), the request/reply multiplexer (`mux.rs`), the
+//!   receivers (`messages.rs`) and the topic conversions (`into_topic.rs`).
 //! - [`node`]: the [`Node`] trait, Arduino-style (`setup` once, `on_message` per message,
 //!   `on_timer` per period), and the [`Context`] its hooks act through.
 //! - [`runtime`]: runs a node against a broker ([`runtime::run`], [`runtime::spawn`]):
 //!   connects speaking MessagePack, says `hello`, reconnects with capped exponential backoff,
 //!   restores subscriptions; the broker's address comes from a replaceable
-//!   [`runtime::BrokerSource`].
-//! - [`kinds`]: the built-in kinds (clock, pin, buzzer), registered by name for the CLI.
+//!   [`runtime::BrokerSource`]: a fixed URL, or the brokers the `discovery` crate finds.
+//! - [`kinds`]: the built-in kinds (clock, pin, buzzer), each with its plain options struct.
 //! - [`backoff`]: the reconnection delays.
-//! - [`discovery`]: mDNS/DNS-SD: brokers and nodes advertise themselves and find one another.
+//! - `error`: [`Error`], what can go wrong, and [`Result`].
 //!
 //! ```text
 //!  your Node ──hooks──► Context ──► Client ══ WebSocket (MessagePack) ══► broker
@@ -27,7 +31,6 @@
 
 pub mod backoff;
 pub mod client;
-pub mod discovery;
 mod error;
 pub mod kinds;
 pub mod node;
@@ -36,7 +39,11 @@ pub mod runtime;
 pub use client::{Client, ConnectOptions, IntoTopicFilter, IntoTopicName, Messages, Replies};
 pub use error::{Error, Result};
 pub use node::{AnyNode, BoxError, Context, HookResult, Node, Output};
-pub use proto::{Encoding, ErrorCode, Message, TopicFilter, TopicName};
+pub use proto::{Encoding, ErrorCode, TopicFilter, TopicName};
+
+/// A delivered message, as a node or a client receives it: `topic`, `data` (a JSON value),
+/// `from` (the publisher's name), `reply` (set for a request), `retained`.
+pub type Message = proto::Message<'static>;
 
 /// The broker address a node uses when none is given.
 pub const DEFAULT_BROKER: &str = "ws://127.0.0.1:8765";

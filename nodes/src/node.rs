@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::{Message, TopicFilter};
+use crate::Message;
+use proto::TopicFilter;
 use serde_json::Value;
 
 use crate::client::{Client, IntoTopicFilter, IntoTopicName, Replies};

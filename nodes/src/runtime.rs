@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use discovery::BrokerChoice;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::watch;
@@ -33,9 +34,9 @@ use crate::node::{Context, HookResult, Node, Output};
 
 /// Where the runtime finds the broker: a URL that may be absent for a while and may change.
 ///
-/// Today it is a fixed URL ([`BrokerSource::fixed`]); discovery will feed a
-/// [`watch`] channel ([`BrokerSource::watch`]) as brokers come and go. A change while connected
-/// makes the node move to the new broker.
+/// A fixed URL ([`BrokerSource::fixed`]), the brokers mDNS finds as they come and go
+/// ([`BrokerSource::discovered`]), or any [`watch`] channel of URLs ([`BrokerSource::watch`]).
+/// A change while connected makes the node move to the new broker.
 #[derive(Debug, Clone)]
 pub struct BrokerSource {
     rx: watch::Receiver<Option<String>>,
@@ -50,6 +51,21 @@ impl BrokerSource {
 
     /// The broker named by the latest value of a watch channel (`None`: none known yet).
     pub fn watch(rx: watch::Receiver<Option<String>>) -> Self {
+        Self { rx }
+    }
+
+    /// The broker discovery picks, as [`discovery::follow_brokers`] reports it. Spawns a task
+    /// (so call it inside a tokio runtime) that ends with the channel.
+    pub fn discovered(mut choice: watch::Receiver<Option<BrokerChoice>>) -> Self {
+        let (tx, rx) = watch::channel(choice.borrow().as_ref().map(|c| c.url.clone()));
+        tokio::spawn(async move {
+            while choice.changed().await.is_ok() {
+                let url = choice.borrow_and_update().as_ref().map(|c| c.url.clone());
+                if tx.send(url).is_err() {
+                    return;
+                }
+            }
+        });
         Self { rx }
     }
 
@@ -173,7 +189,8 @@ impl NodeHandle {
             Ok(result) => result,
             Err(e) => Err(Error::Failed {
                 name: self.name,
-                reason: format!("node task ended abnormally: {e}"),
+                reason: "its task ended abnormally".into(),
+                source: Some(Box::new(e)),
             }),
         }
     }
@@ -267,7 +284,8 @@ impl Runtime {
         let result = self.serve(&mut node).await;
         self.status.send_replace(Status::Stopped);
         if let Err(e) = &result {
-            tracing::error!(error = %e, "node stopped");
+            // As an error value, so that the log shows its sources too.
+            tracing::error!(error = e as &dyn std::error::Error, "node stopped");
         }
         result
     }
@@ -306,7 +324,8 @@ impl Runtime {
                     other => other.map(|r| {
                         r.map_err(|e| Error::Failed {
                             name: self.config.name.clone(),
-                            reason: format!("setup: {e}"),
+                            reason: "setup".into(),
+                            source: Some(e),
                         })
                     }),
                 }
@@ -373,6 +392,7 @@ impl Runtime {
             Some(Err(reason)) => Err(Error::Failed {
                 name: self.config.name.clone(),
                 reason,
+                source: None,
             }),
             _ => Ok(()),
         }
@@ -543,6 +563,28 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn discovered_source_follows_the_chosen_broker() {
+        let choice = |name: &str, port: u16| BrokerChoice {
+            name: name.into(),
+            fullname: format!("{name}._breadboard._tcp.local."),
+            url: format!("ws://127.0.0.1:{port}/"),
+        };
+        let (tx, rx) = watch::channel(Some(choice("a", 2)));
+        let mut s = BrokerSource::discovered(rx);
+        assert_eq!(s.wait_url().await.unwrap(), "ws://127.0.0.1:2/");
+        let moved = tokio::spawn(async move {
+            s.moved_from("ws://127.0.0.1:2/").await;
+            s.current()
+        });
+        tx.send_replace(Some(choice("b", 3)));
+        let now = tokio::time::timeout(Duration::from_secs(1), moved)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.as_deref(), Some("ws://127.0.0.1:3/"));
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
 //! The client, the runtime and the built-in circuit against a real broker running in this
 //! process on a loopback port chosen by the system. Every wait is bounded.
+// A test crate: an unwrap that fails is a test that fails, helpers included.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -466,6 +468,22 @@ async fn the_circuit_buzzes_once_per_rise_and_every_tick_is_acknowledged() {
     broker.stop().await;
 }
 
+/// Runs a node (of kind `name`, named so too) until it fails, which it must within [`WAIT`].
+async fn run_to_failure(node: impl Node, name: &str, broker: &TestBroker) -> Error {
+    timeout(
+        WAIT,
+        runtime::run(
+            node,
+            config(name, name, &Lines::default()),
+            BrokerSource::fixed(&broker.url),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap_err()
+}
+
 #[tokio::test]
 async fn a_clock_without_acknowledgement_fails_clearly() {
     let broker = TestBroker::start().await;
@@ -475,23 +493,32 @@ async fn a_clock_without_acknowledgement_fails_clearly() {
         expect: 1,
         timeout: Some(Duration::from_millis(200)),
     });
-    let err = timeout(
-        WAIT,
-        runtime::run(
-            clock,
-            config("clock", "clock", &Lines::default()),
-            BrokerSource::fixed(&broker.url),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
+    let err = run_to_failure(clock, "clock", &broker).await;
     assert!(
         err.to_string()
             .contains("tick 0 was acknowledged 0 time(s)"),
         "{err}"
     );
+    broker.stop().await;
+}
+
+/// A node whose `setup` fails with an error of its own.
+struct BrokenSetup;
+
+impl Node for BrokenSetup {
+    async fn setup(&mut self, _ctx: &mut Context) -> HookResult {
+        Err(std::io::Error::other("sensor not found").into())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_setup_keeps_its_error_as_the_source() {
+    let broker = TestBroker::start().await;
+    let err = run_to_failure(BrokenSetup, "broken", &broker).await;
+    assert!(matches!(err, Error::Failed { .. }), "{err}");
+    let source = std::error::Error::source(&err).expect("the setup error as the source");
+    assert_eq!(source.to_string(), "sensor not found");
+    assert!(source.downcast_ref::<std::io::Error>().is_some());
     broker.stop().await;
 }
 

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use nodes::discovery::{self, Advert};
+use discovery::Advert;
 
 /// Flags of `breadboard broker`.
 #[derive(clap::Args, Debug)]

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nodes::discovery::{self, Advert, Discovery};
+use discovery::{Advert, Discovery};
 use nodes::kinds::buzzer::Buzzer;
 use nodes::kinds::clock::{Clock, ClockOptions};
-use nodes::kinds::pin::{Pin, PinOptions};
+use nodes::kinds::pin::Pin;
 use nodes::runtime::{self, BrokerSource, Config};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -24,11 +24,11 @@ pub struct Args {
     #[arg(short = 't', long, default_value_t = 5)]
     pub tacks: u64,
     /// Seconds between ticks (fractions allowed).
-    #[arg(short = 'd', long, default_value = "1", value_parser = nodes::kinds::parse_seconds)]
+    #[arg(short = 'd', long, default_value = "1", value_parser = super::parse_seconds)]
     pub delay: Duration,
     /// The pin's flags.
     #[command(flatten)]
-    pub pin: PinOptions,
+    pub pin: super::node::PinFlags,
     /// Show the demo to the LAN: listen on every interface (port 8765, or --port) and
     /// advertise the broker and the three nodes over mDNS, so that `breadboard ls`, `sub` or
     /// more nodes elsewhere find it. Without it the demo stays on loopback with no mDNS.
@@ -121,7 +121,7 @@ async fn circuit(args: &Args, url: &str, shutdown: &CancellationToken) -> anyhow
     let nodes_stop = shutdown.child_token();
     let source = BrokerSource::fixed(url);
     let mut pin = runtime::spawn(
-        Pin::new(args.pin.clone()),
+        Pin::new(args.pin.options()),
         Config::new("pin-1", "pin"),
         source.clone(),
         nodes_stop.clone(),

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use discovery::{Browser, Discovery, Seen, Service};
 use nodes::client::{Client, ConnectOptions, Messages};
-use nodes::discovery::{self, Browser, Discovery, Seen, Service};
 use proto::Encoding;
 use serde::Serialize;
 use serde_json::Value;

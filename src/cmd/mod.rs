@@ -1,4 +1,5 @@
-//! One module per subcommand, each with its clap `Args` and an async `run`.
+//! One module per subcommand, each with its clap `Args` and an async `run`, and what several
+//! share: logging, signals, the mDNS flags, durations in seconds.
 
 pub mod bench;
 pub mod broker;
@@ -10,7 +11,9 @@ pub mod req;
 pub mod sub;
 pub mod tool;
 
-use nodes::discovery::Discovery;
+use std::time::Duration;
+
+use discovery::Discovery;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -78,5 +81,34 @@ impl MdnsArgs {
             return Ok(None);
         }
         Ok(Some(Discovery::start(&self.interfaces)?))
+    }
+}
+
+/// Parses a positive number of seconds, fractions allowed (`0.25`).
+///
+/// # Errors
+/// A message for clap when the text is not a positive, finite number.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(format!("{s} must be more than 0 seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s} seconds: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_accept_fractions_only_when_positive() {
+        assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("2"), Ok(Duration::from_secs(2)));
+        for bad in ["0", "-1", "abc", "NaN", "inf", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
     }
 }

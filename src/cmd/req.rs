@@ -14,7 +14,7 @@ pub struct Args {
     #[arg(default_value = "null")]
     pub data: String,
     /// Seconds to wait for a reply.
-    #[arg(long, default_value = "5", value_parser = nodes::kinds::parse_seconds)]
+    #[arg(long, default_value = "5", value_parser = super::parse_seconds)]
     pub timeout: Duration,
     /// Print the whole reply frame as JSON (topic, data, from).
     #[arg(long)]

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use proto::Message;
+use nodes::Message;
 
 use super::tool::Reach;
 
@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(short = 'n', long = "count")]
     pub count: Option<u64>,
     /// Stop after this many seconds (with -n: fail if fewer messages came).
-    #[arg(long, value_parser = nodes::kinds::parse_seconds)]
+    #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
     /// Say hello with this name (the broker then shows this client's presence).
     #[arg(long)]
@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn readable_lines_show_sender_and_flags() {
         let msg = Message {
-            topic: TopicName::new("pin/pin-1/state").unwrap(),
+            topic: TopicName::new("pin/pin-1/state").unwrap().into(),
             data: json!(1),
             from: Some("pin-1".into()),
             reply: None,

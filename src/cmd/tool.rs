@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use discovery::Discovery;
 use nodes::client::{Client, ConnectOptions, Messages};
-use nodes::discovery::{self, Discovery};
 use proto::Encoding;
 use tokio_util::sync::CancellationToken;
 

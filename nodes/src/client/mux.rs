@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use proto::{ErrorCode, Message};
+use crate::Message;
+use proto::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -265,7 +266,7 @@ mod tests {
 
     fn msg(topic: &str) -> Message {
         Message {
-            topic: TopicName::new(topic).unwrap(),
+            topic: TopicName::new(topic).unwrap().into(),
             data: json!(1),
             from: Some("pin-1".into()),
             reply: None,

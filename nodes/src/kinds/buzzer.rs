@@ -8,16 +8,12 @@
 
 use std::collections::HashMap;
 
-use proto::Message;
+use crate::Message;
 
 use crate::node::{Context, HookResult, Node};
 
 /// The filter a buzzer listens to.
 pub const PIN_STATES: &str = "pin/+/state";
-
-/// The buzzer's flags (none yet).
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
-pub struct BuzzerOptions {}
 
 /// The topic a buzzer publishes its buzzes on.
 pub fn buzz_topic(name: &str) -> String {

@@ -8,7 +8,7 @@
 //!
 //! A tick's data is its number, a JSON integer. Several pins may answer one tick, so the clock
 //! collects every reply within the tick's window (until the next tick by default) rather than
-//! the first only. With `--expect N` it knows how many answers to wait for: the tick ends as
+//! the first only. With `expect: N` it knows how many answers to wait for: the tick ends as
 //! soon as N arrived, and a tick with fewer stops the clock with an error (what the demo uses to
 //! fail clearly). A tick that could not be sent (broker away) is sent again, same number, once
 //! the clock is back online.
@@ -16,29 +16,25 @@
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::kinds::parse_seconds;
 use crate::node::{show, Context, HookResult, Node};
 
 /// Where ticks are published.
 pub const TICK_TOPIC: &str = "clock/tick";
 
-/// The clock's flags.
-#[derive(Debug, Clone, PartialEq, clap::Args)]
+/// How a clock ticks. [`ClockOptions::default`]: 5 ticks, one a second, no acknowledgement
+/// required.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClockOptions {
     /// Ticks to send, then stop; 0 ticks forever.
-    #[arg(short = 't', long, default_value_t = 5)]
     pub tacks: u64,
-    /// Seconds between ticks (fractions allowed).
-    #[arg(short = 'd', long, default_value = "1", value_parser = parse_seconds)]
+    /// Time between ticks.
     pub delay: Duration,
     /// Acknowledgements expected per tick (one per pin). A tick ends as soon as they arrived;
     /// one that gets fewer within its window stops the clock with an error. 0: just print
     /// what arrives.
-    #[arg(long, default_value_t = 0)]
     pub expect: usize,
-    /// Seconds a tick waits for acknowledgements. Default: the delay, or at least 5 s with
-    /// --expect.
-    #[arg(long, value_parser = parse_seconds)]
+    /// How long a tick waits for acknowledgements. `None`: the delay, or at least 5 s when
+    /// `expect` is set (see [`ClockOptions::window`]).
     pub timeout: Option<Duration>,
 }
 

@@ -11,7 +11,7 @@
 //! The level starts at `0`, published (retained) in `setup` so that every buzzer knows where it
 //! starts, and published again after a reconnection (a restarted broker forgot it).
 //!
-//! `--seed` makes the draw reproducible, for tests and demos. (The original sketch assigned
+//! A `seed` makes the draw reproducible, for tests and demos. (The original sketch assigned
 //! the chance to the sequence length; here each option keeps its own meaning.)
 
 use rand::rngs::StdRng;
@@ -19,19 +19,17 @@ use rand::{Rng, SeedableRng};
 
 use crate::kinds::clock::TICK_TOPIC;
 use crate::node::{show, Context, HookResult, Node};
-use proto::Message;
+use crate::Message;
 
-/// The pin's flags.
-#[derive(Debug, Clone, PartialEq, clap::Args)]
+/// How a pin draws its bits. [`PinOptions::default`]: 3 bits a tick, each 0 with
+/// probability 0.6, a fresh random seed.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PinOptions {
     /// Bits drawn on each tick.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub sequence: u32,
     /// Probability that a drawn bit is 0, from 0 to 1.
-    #[arg(long, default_value_t = 0.6, value_parser = parse_chance)]
     pub chance: f64,
-    /// Seed of the random draw, for a reproducible run.
-    #[arg(long)]
+    /// Seed of the random draw, for a reproducible run; `None`: seeded by the OS.
     pub seed: Option<u64>,
 }
 
@@ -42,18 +40,6 @@ impl Default for PinOptions {
             chance: 0.6,
             seed: None,
         }
-    }
-}
-
-fn parse_chance(s: &str) -> Result<f64, String> {
-    let p: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&p) {
-        Ok(p)
-    } else {
-        Err(format!("{s} is not a probability between 0 and 1"))
     }
 }
 
@@ -212,13 +198,5 @@ mod tests {
         assert_eq!(rises(&[0, 0, 0]), 0);
         assert_eq!(rises(&[1, 1, 0, 0, 1]), 2);
         assert_eq!(rises(&[0, 0]), 0);
-    }
-
-    #[test]
-    fn chance_must_be_a_probability() {
-        assert_eq!(parse_chance("0.6"), Ok(0.6));
-        assert!(parse_chance("1.01").is_err());
-        assert!(parse_chance("-0.1").is_err());
-        assert!(parse_chance("NaN").is_err());
     }
 }

@@ -1,6 +1,10 @@
 //! The broker under test when it runs on this machine: a `breadboard broker` child process on
 //! loopback (killed, by its own handle, when dropped), and what `/proc` says about a process's
 //! CPU time and resident memory.
+//!
+//! The one module of the CLI with unsafe code: libc calls (`prctl` in the child before `exec`,
+//! `sysconf`, `getrlimit`/`setrlimit`), each with its safety argument beside it.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddr;

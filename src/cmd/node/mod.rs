@@ -1,17 +1,21 @@
 //! `breadboard node <kind> [--broker URL] [--name N] [kind flags]`: runs one built-in node
 //! (see `nodes::kinds`) until it stops by itself (a clock with `--tacks`), or Ctrl-C / SIGTERM.
 //!
-//! Each registered kind becomes a subcommand with the common flags plus its own, so that
-//! `breadboard node --help` lists the kinds and `breadboard node pin --help` the pin's flags.
+//! Each kind registered in [`kinds`] becomes a subcommand with the common flags plus its own,
+//! so that `breadboard node --help` lists the kinds and `breadboard node pin --help` the pin's
+//! flags.
+
+mod kinds;
 
 use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{ArgMatches, Args as _, Command, FromArgMatches};
-use nodes::discovery::{self, Advert, BrokerChoice, Discovery};
-use nodes::kinds::{self, Kind};
+use discovery::{Advert, Discovery};
 use nodes::runtime::{self, BrokerSource, Config, Status};
-use tokio::sync::watch;
+
+use kinds::Kind;
+pub use kinds::PinFlags;
 
 /// Flags of `breadboard node`: the kind (a subcommand) and its flags, parsed by the kind.
 #[derive(Debug)]
@@ -72,7 +76,7 @@ struct Common {
     #[arg(short, long)]
     name: Option<String>,
     /// Seconds a request waits for its reply.
-    #[arg(long, default_value = "5", value_parser = kinds::parse_seconds)]
+    #[arg(long, default_value = "5", value_parser = super::parse_seconds)]
     request_timeout: Duration,
 }
 
@@ -105,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => (BrokerSource::fixed(nodes::DEFAULT_BROKER), None),
         (None, Some(mdns)) => {
             let choice = discovery::follow_brokers(mdns, common.broker_name, shutdown.clone())?;
-            (BrokerSource::watch(urls_of(choice.clone())), Some(choice))
+            (BrokerSource::discovered(choice.clone()), Some(choice))
         }
     };
     let handle = runtime::spawn(node, config, source, shutdown.clone());
@@ -161,20 +165,6 @@ fn advertise(mdns: &Discovery, name: &str, kind: &str, broker: &str) {
     if let Err(e) = mdns.advertise(&advert) {
         tracing::warn!(error = %e, "cannot advertise the node over mDNS");
     }
-}
-
-/// The URLs of the brokers discovery picks, as the runtime wants them.
-fn urls_of(mut choice: watch::Receiver<Option<BrokerChoice>>) -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(choice.borrow().as_ref().map(|c| c.url.clone()));
-    tokio::spawn(async move {
-        while choice.changed().await.is_ok() {
-            let url = choice.borrow_and_update().as_ref().map(|c| c.url.clone());
-            if tx.send(url).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 #[cfg(test)]

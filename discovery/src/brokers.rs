@@ -1,0 +1,156 @@
+//! Which broker to use: [`BrokerChoice`] and [`pick`] decide, [`follow_brokers`] keeps the
+//! decision up to date as brokers come and go.
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::browse::Seen;
+use crate::daemon::Discovery;
+use crate::error::Result;
+use crate::records::{Service, BROKER_TYPE};
+
+/// The broker a node should use, as discovery sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerChoice {
+    /// The broker's name (TXT `name`).
+    pub name: String,
+    /// Its DNS-SD full name, for [`Discovery::verify`].
+    pub fullname: String,
+    /// Where to connect.
+    pub url: String,
+}
+
+impl BrokerChoice {
+    /// The broker a service offers, unless it speaks another protocol version or has no
+    /// address.
+    pub fn of(service: &Service) -> Option<Self> {
+        if service.proto_version() != Some(proto::PROTOCOL_VERSION) {
+            return None;
+        }
+        Some(Self {
+            name: service.name.clone(),
+            fullname: service.fullname.clone(),
+            url: service.broker_url()?,
+        })
+    }
+}
+
+/// The broker to use among `known` (in the order they were resolved): the one named `wanted`
+/// if given (none until it appears), else the `current` one while it stays (with its latest
+/// records), else the first.
+pub fn pick(
+    known: &[BrokerChoice],
+    current: Option<&BrokerChoice>,
+    wanted: Option<&str>,
+) -> Option<BrokerChoice> {
+    if let Some(wanted) = wanted {
+        return known.iter().find(|c| c.name == wanted).cloned();
+    }
+    current
+        .and_then(|cur| known.iter().find(|c| c.fullname == cur.fullname))
+        .or_else(|| known.first())
+        .cloned()
+}
+
+/// Browses brokers and keeps `watch` set to the one to use: the one named `wanted` if given,
+/// else the first resolved; when it leaves, the next one. Brokers speaking another protocol
+/// version are skipped with a log line. Runs until `shutdown`.
+///
+/// # Errors
+/// When browsing cannot start.
+pub fn follow_brokers(
+    discovery: &Discovery,
+    wanted: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<watch::Receiver<Option<BrokerChoice>>> {
+    let mut browser = discovery.browse(BROKER_TYPE)?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        // Insertion order decides "first resolved".
+        let mut known: Vec<BrokerChoice> = Vec::new();
+        let mut warned: Vec<String> = Vec::new();
+        loop {
+            let seen = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                seen = browser.next() => match seen { Some(s) => s, None => return },
+            };
+            match seen {
+                Seen::Up(service) => {
+                    let Some(choice) = BrokerChoice::of(&service) else {
+                        if !warned.contains(&service.fullname) {
+                            tracing::warn!(
+                                broker = %service.name,
+                                proto = service.get("proto").unwrap_or("none"),
+                                ours = proto::PROTOCOL_VERSION,
+                                "skipping a broker that speaks another protocol version"
+                            );
+                            warned.push(service.fullname.clone());
+                        }
+                        continue;
+                    };
+                    match known.iter_mut().find(|c| c.fullname == choice.fullname) {
+                        Some(existing) => *existing = choice,
+                        None => known.push(choice),
+                    }
+                }
+                Seen::Down { fullname, .. } => known.retain(|c| c.fullname != fullname),
+            }
+            let current: Option<BrokerChoice> = tx.borrow().clone();
+            let next = pick(&known, current.as_ref(), wanted.as_deref());
+            if next != current {
+                match &next {
+                    Some(c) => tracing::info!(broker = %c.name, url = %c.url, "broker found"),
+                    None => tracing::info!("no broker on the LAN"),
+                }
+                tx.send_replace(next);
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::records::broker_txt;
+
+    fn broker(name: &str, proto: &str) -> Service {
+        let mut txt: BTreeMap<String, String> = broker_txt(name).into_iter().collect();
+        txt.insert("proto".into(), proto.into());
+        Service {
+            fullname: format!("{name}.{BROKER_TYPE}"),
+            service_type: BROKER_TYPE.into(),
+            name: name.into(),
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            port: 8765,
+            txt,
+        }
+    }
+
+    #[test]
+    fn brokers_of_another_protocol_version_are_skipped() {
+        let ours = proto::PROTOCOL_VERSION.to_string();
+        assert!(BrokerChoice::of(&broker("a", &ours)).is_some());
+        assert!(BrokerChoice::of(&broker("b", "999")).is_none());
+        assert!(BrokerChoice::of(&broker("c", "")).is_none());
+    }
+
+    #[test]
+    fn the_current_broker_stays_until_it_leaves() {
+        let ours = proto::PROTOCOL_VERSION.to_string();
+        let a = BrokerChoice::of(&broker("a", &ours)).unwrap();
+        let b = BrokerChoice::of(&broker("b", &ours)).unwrap();
+        let known = vec![a.clone(), b.clone()];
+        assert_eq!(pick(&known, None, None), Some(a.clone()));
+        assert_eq!(pick(&known, Some(&b), None), Some(b.clone()));
+        // b left: back to the first one still there.
+        assert_eq!(pick(&known[..1], Some(&b), None), Some(a.clone()));
+        assert_eq!(pick(&[], Some(&a), None), None);
+        // --broker-name waits for its broker, whatever else is there.
+        assert_eq!(pick(&known, Some(&a), Some("b")), Some(b));
+        assert_eq!(pick(&known[..1], None, Some("b")), None);
+    }
+}
