@@ -8,7 +8,7 @@
 //! - [`router`]: the subscription index ([`trie`]), retained values, names online (presence).
 //! - [`outbox`]: each client's bounded outgoing queue ([`Outbox`](outbox::Outbox)), its byte
 //!   budget and encoding, the frames in it, and the hand-over to the writer.
-//! - [`http`]: the dashboard, `/metrics`, `/healthz`.
+//! - `http`: the dashboard, `/metrics`, `/healthz`.
 //! - [`metrics`]: the counters behind `/metrics` and `$SYS/broker/stats`.
 //! - `read_ahead`: a socket reader whose large buffer exists only while the connection is busy,
 //!   so that idle connections stay small.

@@ -1,5 +1,5 @@
 //! The accept loop, and the first bytes of each connection: a WebSocket upgrade becomes a
-//! [`session`](crate::session), any other HTTP request is answered by [`http`](crate::http).
+//! `session`, any other HTTP request is answered by `http`.
 //!
 //! The request head is read here (with `httparse`) rather than by tungstenite's acceptor, so
 //! that the same port serves the dashboard and the metrics as well as WebSocket clients.

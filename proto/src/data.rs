@@ -12,6 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::encoding::Encoding;
+
 /// A published value: any JSON value, as sent or decoded.
 ///
 /// Equality is by value: `Data` holding the text `[1, 2]` equals `Data` holding `[1,2]`.
@@ -75,10 +77,10 @@ impl<'a> Data<'a> {
 
     /// The encoding of the frame it is held as sent in, if it is (rather than as a [`Value`]):
     /// subscribers of that encoding get those very bytes.
-    pub fn sent_as(&self) -> Option<crate::Encoding> {
+    pub fn sent_as(&self) -> Option<Encoding> {
         match self.0 {
-            Repr::Json(_) => Some(crate::Encoding::Json),
-            Repr::MsgPack(_) => Some(crate::Encoding::MsgPack),
+            Repr::Json(_) => Some(Encoding::Json),
+            Repr::MsgPack(_) => Some(Encoding::MsgPack),
             Repr::Value(_) => None,
         }
     }

@@ -1,14 +1,11 @@
 //! What can go wrong with a frame: the codes the broker answers with ([`ErrorCode`], in an
-//! `err` frame via [`FrameError`]), a server frame a client cannot decode ([`DecodeError`]),
-//! and a `hello` name that breaks the rules ([`NameError`]).
+//! `err` frame via [`FrameError`]) and a server frame a client cannot decode ([`DecodeError`]).
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::Encoding;
-use crate::frame::{ServerFrame, MAX_NAME_BYTES};
+use crate::encoding::Encoding;
 use crate::topic::TopicError;
 
 /// Every reason the broker can refuse a frame. The wire form (`snake_case`) is stable.
@@ -110,15 +107,6 @@ impl FrameError {
             message: message.into(),
         }
     }
-
-    /// The `err` frame that tells the client.
-    pub fn to_frame(&self) -> ServerFrame<'_> {
-        ServerFrame::Err {
-            id: self.id,
-            code: self.code,
-            message: Cow::Borrowed(&self.message),
-        }
-    }
 }
 
 /// A server frame a client could not decode.
@@ -141,22 +129,4 @@ impl DecodeError {
             Self::MsgPack(_) => Encoding::MsgPack,
         }
     }
-}
-
-/// Why a `hello` name or kind is refused (see [`check_name`](crate::check_name)).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NameError {
-    /// The empty string.
-    #[error("name is empty")]
-    Empty,
-    /// Longer than [`MAX_NAME_BYTES`].
-    #[error("name is {0} bytes long, the limit is {MAX_NAME_BYTES}")]
-    TooLong(usize),
-    /// Starting with `$`, which belongs to the broker.
-    #[error("name may not start with '$'")]
-    Dollar,
-    /// Holding a character a topic level cannot (`/`, `+`, `#`, control, whitespace).
-    #[error("name may not contain {0:?}")]
-    Forbidden(char),
 }

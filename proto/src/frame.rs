@@ -15,11 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::data::Data;
-use crate::error::{ErrorCode, NameError};
+use crate::error::{ErrorCode, FrameError};
 use crate::topic::{TopicFilter, TopicName};
-
-/// Longest node name or kind, in bytes.
-pub const MAX_NAME_BYTES: usize = 64;
 
 /// A frame sent by a client to the broker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -182,25 +179,13 @@ pub struct Message<'a, D = Value> {
     pub retained: bool,
 }
 
-/// Checks a `hello` name or kind: one topic level, printable, at most [`MAX_NAME_BYTES`].
-///
-/// # Errors
-/// A [`NameError`] saying what is wrong.
-pub fn check_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
+impl FrameError {
+    /// The `err` frame that tells the client.
+    pub fn to_frame(&self) -> ServerFrame<'_> {
+        ServerFrame::Err {
+            id: self.id,
+            code: self.code,
+            message: Cow::Borrowed(&self.message),
+        }
     }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(NameError::TooLong(name.len()));
-    }
-    if name.starts_with('$') {
-        return Err(NameError::Dollar);
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| matches!(c, '/' | '+' | '#') || c.is_control() || c.is_whitespace())
-    {
-        return Err(NameError::Forbidden(c));
-    }
-    Ok(())
 }

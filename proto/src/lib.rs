@@ -7,10 +7,11 @@
 //!   object per frame tagged by `op`, borrowing from the bytes they were decoded from.
 //! - [`data`]: [`Data`], a published value as the frame carried it (the publisher's JSON text or
 //!   MessagePack bytes, passed on as they are) or as a `Value`.
+//! - [`name`]: the rule for `hello` names and kinds ([`check_name`], [`NameError`]).
 //! - [`error`]: [`ErrorCode`] names every refusal a client can get ([`FrameError`]);
-//!   [`DecodeError`] and [`NameError`].
-//! - [`codec`]: the two encodings, a module each (`json`, `msgpack`): decode bytes of an
-//!   [`Encoding`] into a frame, encode a frame into an [`Encoded`].
+//!   [`DecodeError`] is what a client gets for a server frame it cannot read.
+//! - [`encoding`] and [`codec`]: the two encodings, a codec module each (`json`, `msgpack`):
+//!   decode bytes of an [`Encoding`] into a frame, encode a frame into an [`Encoded`].
 //!
 //! ```text
 //!  bytes ──ClientFrame::decode──► ClientFrame ──(broker routes)──► ServerFrame::Msg ──encode──► Encoded
@@ -22,14 +23,18 @@
 
 pub mod codec;
 pub mod data;
+pub mod encoding;
 pub mod error;
 pub mod frame;
+pub mod name;
 pub mod topic;
 
-pub use codec::{Encoded, Encoding};
+pub use codec::Encoded;
 pub use data::{AsData, Data};
-pub use error::{DecodeError, ErrorCode, FrameError, NameError};
-pub use frame::{check_name, ClientFrame, Message, Publish, ServerFrame, MAX_NAME_BYTES};
+pub use encoding::Encoding;
+pub use error::{DecodeError, ErrorCode, FrameError};
+pub use frame::{ClientFrame, Message, Publish, ServerFrame};
+pub use name::{check_name, NameError, MAX_NAME_BYTES};
 pub use topic::{Levels, TopicError, TopicFilter, TopicName};
 
 /// Version of the wire protocol described in `PROTOCOL.md`. Advertised over DNS-SD so that a

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::Message;
 use futures_util::{SinkExt, StreamExt};
-use proto::codec::Encoding;
+use proto::Encoding;
 use proto::{ClientFrame, ServerFrame};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;

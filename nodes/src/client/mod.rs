@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Message;
-use proto::codec::Encoding;
+use proto::Encoding;
 use proto::{ClientFrame, Publish, TopicName};
 use serde_json::Value;
 use tokio::sync::{mpsc, OnceCell};

@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use crate::data::Data;
 use crate::error::{ErrorCode, FrameError};
-use crate::frame::{check_name, ClientFrame, Publish};
+use crate::frame::{ClientFrame, Publish};
+use crate::name::check_name;
 use crate::topic::{TopicFilter, TopicName};
 
 /// A client frame as it arrives. `D` is how `data` is read: a `Value`, or the text or bytes it

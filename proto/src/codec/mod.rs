@@ -1,8 +1,8 @@
-//! The two encodings of the frames, one module each: [`json`] (WebSocket text frames, the
-//! public contract) and [`msgpack`] (named fields, WebSocket binary frames). Both carry exactly
+//! The two encodings of the frames, one module each: `json` (WebSocket text frames, the
+//! public contract) and `msgpack` (named fields, WebSocket binary frames). Both carry exactly
 //! the same objects, and both decode a client frame the same way: a quick reader for the usual
 //! frame, the encoding's serde library as the fallback, and one set of rules for the result
-//! ([`envelope`]).
+//! (`envelope`).
 //!
 //! The whole surface is four methods: [`ClientFrame::decode`] (and [`ClientFrame::decode_text`]
 //! for text already known to be UTF-8), [`ClientFrame::encode`], [`ServerFrame::decode`] and
@@ -24,38 +24,9 @@ mod msgpack;
 use serde_json::Value;
 
 use crate::data::AsData;
+use crate::encoding::Encoding;
 use crate::error::{DecodeError, FrameError};
 use crate::frame::{ClientFrame, ServerFrame};
-
-/// How a frame is encoded on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Encoding {
-    /// JSON, in WebSocket text frames: the public contract for external tools.
-    Json,
-    /// MessagePack with named fields (maps), in WebSocket binary frames: what nodes speak.
-    MsgPack,
-}
-
-impl Encoding {
-    /// Both encodings, in a fixed order (for per-encoding caches).
-    pub const ALL: [Encoding; 2] = [Encoding::Json, Encoding::MsgPack];
-
-    /// A small index, `0` for JSON and `1` for MessagePack.
-    pub fn index(self) -> usize {
-        match self {
-            Self::Json => 0,
-            Self::MsgPack => 1,
-        }
-    }
-
-    /// The lower-case name used in flags and DNS-SD records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Json => "json",
-            Self::MsgPack => "msgpack",
-        }
-    }
-}
 
 /// An encoded frame: JSON text (a `String`, so it needs no second UTF-8 check to become a text
 /// message) or MessagePack bytes.
