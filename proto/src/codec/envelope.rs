@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::data::Data;
 use crate::error::{ErrorCode, FrameError};
@@ -105,18 +106,36 @@ pub(crate) fn set<T>(field: &mut Option<T>, value: T) -> Option<()> {
 
 /// Only the `id`, to answer a frame that could not be decoded as a whole.
 #[derive(Deserialize)]
-pub(crate) struct IdOnly {
+struct IdOnly {
     #[serde(default)]
-    pub id: Option<u64>,
+    id: Option<u64>,
 }
 
-/// The refusal of a frame that is not an object.
-pub(crate) fn not_an_object() -> FrameError {
-    FrameError::new(
-        None,
-        ErrorCode::BadFrame,
-        "a frame must be an object (a JSON object or a MessagePack map)",
-    )
+/// An encoding's serde library, as the ordinary path reads with it.
+pub(crate) trait Serde {
+    /// Whether the bytes hold an object (a map), judging by their start.
+    fn is_object(bytes: &[u8]) -> bool;
+
+    /// Reads a `T`; the error says what is wrong, naming the encoding.
+    fn read<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String>;
+}
+
+/// The ordinary path of an encoding: its serde library reads an [`Envelope`] of `Value` data.
+/// The fallback of the quick readers, and the reference they are held to.
+pub(crate) fn decode_value<S: Serde>(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
+    // serde would read a struct from an array of its fields in order; frames are objects.
+    if !S::is_object(bytes) {
+        return Err(FrameError::new(
+            None,
+            ErrorCode::BadFrame,
+            "a frame must be an object (a JSON object or a MessagePack map)",
+        ));
+    }
+    let env: Envelope<'_, Value> = S::read(bytes).map_err(|message| {
+        let id = S::read::<IdOnly>(bytes).ok().and_then(|i| i.id);
+        FrameError::new(id, ErrorCode::BadFrame, message)
+    })?;
+    validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
 }
 
 /// Checks every rule on a decoded envelope; `data` turns its `data` into [`Data`]. The one place

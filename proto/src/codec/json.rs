@@ -21,13 +21,12 @@
 
 use std::borrow::Cow;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 
-use super::envelope::{not_an_object, set, validate, Envelope, IdOnly};
+use super::envelope::{self, set, validate, Envelope};
 use crate::data::{AsData, Data, RawJson};
-use crate::error::{ErrorCode, FrameError};
+use crate::error::FrameError;
 use crate::frame::{ClientFrame, Message, ServerFrame};
 
 /// Decodes a client frame from bytes that should be JSON text.
@@ -72,17 +71,20 @@ fn decode_as_sent(text: &str) -> Option<Result<ClientFrame<'_>, FrameError>> {
 /// The ordinary path, through serde_json and a [`Value`]: the fallback, and the reference the
 /// other path is held to.
 pub(crate) fn decode_value(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
-    // serde would read a struct from an array of its fields in order; frames are objects.
-    if !is_object(bytes) {
-        return Err(not_an_object());
+    envelope::decode_value::<Json>(bytes)
+}
+
+/// serde_json, as the ordinary path reads with it.
+struct Json;
+
+impl envelope::Serde for Json {
+    fn is_object(bytes: &[u8]) -> bool {
+        is_object(bytes)
     }
-    let env: Envelope<'_, Value> = serde_json::from_slice(bytes).map_err(|e| {
-        let id = serde_json::from_slice::<IdOnly>(bytes)
-            .ok()
-            .and_then(|i| i.id);
-        FrameError::new(id, ErrorCode::BadFrame, format!("invalid JSON: {e}"))
-    })?;
-    validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
+
+    fn read<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+    }
 }
 
 /// Whether the text is an object, judging by its first byte that is not whitespace.

@@ -16,12 +16,11 @@
 use std::borrow::Cow;
 
 use rmp::Marker;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
-use super::envelope::{not_an_object, set, validate, Envelope, IdOnly};
+use super::envelope::{self, set, validate, Envelope};
 use crate::data::{AsData, Data, RawMsgPack};
-use crate::error::{ErrorCode, FrameError};
+use crate::error::FrameError;
 use crate::frame::{ClientFrame, Message, ServerFrame};
 
 /// Decodes a client frame from MessagePack bytes.
@@ -40,17 +39,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
 /// The ordinary path, through rmp_serde and a [`Value`]: the fallback, and the reference the
 /// quick reader is held to.
 pub(crate) fn decode_value(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
-    // serde would read a struct from an array of its fields in order; frames are maps.
-    if !is_map(bytes) {
-        return Err(not_an_object());
+    envelope::decode_value::<MsgPack>(bytes)
+}
+
+/// rmp_serde, as the ordinary path reads with it.
+struct MsgPack;
+
+impl envelope::Serde for MsgPack {
+    fn is_object(bytes: &[u8]) -> bool {
+        is_map(bytes)
     }
-    let env: Envelope<'_, Value> = rmp_serde::from_slice(bytes).map_err(|e| {
-        let id = rmp_serde::from_slice::<IdOnly>(bytes)
-            .ok()
-            .and_then(|i| i.id);
-        FrameError::new(id, ErrorCode::BadFrame, format!("invalid MessagePack: {e}"))
-    })?;
-    validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
+
+    fn read<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+        rmp_serde::from_slice(bytes).map_err(|e| format!("invalid MessagePack: {e}"))
+    }
 }
 
 /// Whether the bytes hold a map, judging by the first: fixmap, map 16, map 32.
