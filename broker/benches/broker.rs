@@ -96,7 +96,7 @@ fn publish(c: &mut Criterion) {
         let filter = TopicFilter::new("pin/+/state").expect("valid filter");
         let mut queues = Vec::new();
         for id in 0..subs {
-            let (outbox, rx) = Outbox::new(id, 1024, 1 << 20, router.metrics.clone());
+            let (outbox, rx) = Outbox::new(id, 1024, 1 << 20, &router.backlogs);
             router.subscribe(&filter, &outbox);
             queues.push((outbox, rx));
         }

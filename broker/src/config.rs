@@ -12,10 +12,17 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions: usize,
-    /// Frames a client's outgoing queue holds before it counts as a slow consumer.
+    /// Items a client's outgoing queue may hold: a memory guard only, far above what the byte
+    /// budget allows for any realistic frame.
     pub outbox_frames: usize,
-    /// Bytes a client's outgoing queue holds before it counts as a slow consumer.
+    /// Bytes a client's outgoing queue may hold (each item charged its frame plus its
+    /// bookkeeping) before the client counts as a slow consumer and is cut off.
     pub outbox_bytes: usize,
+    /// How long a client's socket may accept nothing while frames wait for it before the
+    /// client counts as a slow consumer and is cut off.
+    pub write_deadline: Duration,
+    /// Bytes all clients' outgoing queues may hold together; past it, the largest are cut off.
+    pub max_backlog_bytes: usize,
     /// Size of each connection's tungstenite read buffer, which it allocates up front and keeps:
     /// small, so that idle connections stay small. Busy connections read through a larger
     /// chunk that exists only while data keeps coming (see `read_ahead`).
@@ -32,8 +39,10 @@ impl Default for Config {
             name: "breadboard".to_string(),
             max_frame_bytes: proto::DEFAULT_MAX_FRAME_BYTES,
             max_subscriptions: 10_000,
-            outbox_frames: 8192,
-            outbox_bytes: 16 << 20,
+            outbox_frames: 1 << 20,
+            outbox_bytes: 64 << 20,
+            write_deadline: Duration::from_secs(10),
+            max_backlog_bytes: 1 << 30,
             read_buffer_bytes: 512,
             keepalive: Duration::from_secs(30),
             stats_interval: Some(Duration::from_secs(10)),

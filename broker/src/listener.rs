@@ -39,7 +39,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
     let addr = listener.local_addr()?;
     let config = Arc::new(config);
-    let router = Arc::new(Router::default());
+    let router = Arc::new(Router::new(&config));
     let tracker = TaskTracker::new();
     let next_id = AtomicU64::new(1);
     tracing::info!(%addr, name = %config.name, "broker listening");

@@ -11,10 +11,17 @@
 //! One home for what a client is sent: the [`Frame`] (an encoded frame, shared by every
 //! subscriber of the same encoding), the encoding the client reads, the byte budget (charged on
 //! [`Outbox::push`], given back by [`OutboxRx::written`]) and the cut-off.
+//!
+//! The slow-consumer policy. A burst is not a slow consumer: a client is cut off when its
+//! backlog passes its byte budget (`outbox_bytes`, 64 MiB by default, as NATS's `max_pending`;
+//! each item is charged its encoded size plus its bookkeeping), or when its socket has accepted
+//! nothing for the write deadline while frames wait (the session watches that, see `writer`).
+//! A count of items stays as a memory guard only. Many slow clients together are bounded by the
+//! broker-wide budget ([`Backlogs`]): past it, the largest backlogs are cut first.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -121,6 +128,79 @@ impl Iterator for Frames {
     }
 }
 
+/// What each queued item costs beyond its frame's bytes: its slot in the queue. Charged to the
+/// budgets, so that a flood of tiny frames is bounded by bytes as well.
+const ITEM_BYTES: usize = std::mem::size_of::<Outgoing>();
+
+/// How far an outbox's backlog may drift from what it has reported to [`Backlogs`]: the
+/// broker-wide total is kept in steps of this, so that pushing a frame touches no counter
+/// shared with other clients.
+const REPORT_STEP: usize = 64 * 1024;
+
+/// The broker-wide budget for every client's backlog together, and the outboxes it can cut.
+///
+/// Each outbox reports its backlog here in steps of [`REPORT_STEP`]; when the total passes the
+/// budget, the largest backlogs are cut off first until the rest fits.
+#[derive(Debug)]
+pub struct Backlogs {
+    /// Bytes reported by every outbox (within a step of each one's real backlog).
+    total: AtomicUsize,
+    /// The budget.
+    max: usize,
+    /// Every outbox alive, to find the largest.
+    outboxes: Mutex<HashMap<u64, Weak<Outbox>>>,
+    /// Counters: slow consumers, bytes written.
+    metrics: Arc<Metrics>,
+}
+
+impl Backlogs {
+    /// A budget of `max` bytes for all backlogs together, counting into `metrics`.
+    pub fn new(max: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            total: AtomicUsize::new(0),
+            max,
+            outboxes: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Bytes queued over all clients, as reported (within a step per client).
+    pub fn total(&self) -> usize {
+        self.total.load(Relaxed)
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<u64, Weak<Outbox>>> {
+        self.outboxes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cuts off the largest backlogs until the others fit in the budget.
+    fn shed(&self) {
+        let mut queues: Vec<(usize, Arc<Outbox>)> = self
+            .registry()
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|o| !o.is_slow())
+            .map(|o| (o.queued_bytes.load(Relaxed), o))
+            .collect();
+        // The backlogs of clients already cut off are about to go with their sessions.
+        let mut left: usize = queues.iter().map(|(bytes, _)| bytes).sum();
+        queues.sort_by(|a, b| b.0.cmp(&a.0));
+        for (bytes, outbox) in queues {
+            if left <= self.max {
+                break;
+            }
+            tracing::warn!(
+                client = outbox.id,
+                queued = bytes,
+                budget = self.max,
+                "all clients' backlogs together are over the broker's budget: cutting off the largest"
+            );
+            outbox.mark_slow("over the broker-wide backlog budget");
+            left = left.saturating_sub(bytes);
+        }
+    }
+}
+
 /// Items waiting for a client's writer.
 #[derive(Debug, Default)]
 struct Queue {
@@ -147,15 +227,17 @@ pub struct Outbox {
     max_frames: usize,
     /// Wakes the writer when the queue stops being empty.
     ready: AtomicWaker,
-    /// Bytes queued and not yet handed to the socket; bounds memory as well as frame count.
+    /// Bytes queued (with [`ITEM_BYTES`] per item) and not yet handed to the socket.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    /// What this outbox has reported to the broker-wide total.
+    reported: AtomicUsize,
+    /// The broker-wide budget this outbox is part of.
+    backlogs: Arc<Backlogs>,
     /// Cancelled when the client is cut off for not reading; its session watches it.
     cut_off: CancellationToken,
     /// Set once, so a slow consumer is counted once.
     slow: AtomicBool,
-    /// Where slow consumers and bytes written are counted.
-    metrics: Arc<Metrics>,
 }
 
 impl Subscriber for Outbox {
@@ -165,13 +247,13 @@ impl Subscriber for Outbox {
 }
 
 impl Outbox {
-    /// A queue of at most `frames` frames and `max_bytes` bytes for client `id`, counted in
-    /// `metrics`; returns the receiving end too.
+    /// A queue of at most `frames` items and `max_bytes` bytes for client `id`, part of
+    /// `backlogs`; returns the receiving end too.
     pub fn new(
         id: u64,
         frames: usize,
         max_bytes: usize,
-        metrics: Arc<Metrics>,
+        backlogs: &Arc<Backlogs>,
     ) -> (Arc<Self>, OutboxRx) {
         let outbox = Arc::new(Self {
             id,
@@ -181,10 +263,12 @@ impl Outbox {
             ready: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
+            reported: AtomicUsize::new(0),
+            backlogs: backlogs.clone(),
             cut_off: CancellationToken::new(),
             slow: AtomicBool::new(false),
-            metrics,
         });
+        backlogs.registry().insert(id, Arc::downgrade(&outbox));
         let rx = OutboxRx {
             outbox: outbox.clone(),
         };
@@ -227,13 +311,18 @@ impl Outbox {
         self.push(Frame::encode(server_frame, self.encoding()))
     }
 
+    /// Bytes queued now (with the bookkeeping of each item).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Relaxed)
+    }
+
     /// Queues any item; see [`Outbox::push`].
     pub fn enqueue(&self, item: Outgoing) -> bool {
-        let len = item.queued_len();
+        let len = item.queued_len() + ITEM_BYTES;
         let before = self.queued_bytes.fetch_add(len, Relaxed);
         if before + len > self.max_bytes && before > 0 {
             self.queued_bytes.fetch_sub(len, Relaxed);
-            self.mark_slow();
+            self.mark_slow("outgoing queue full");
             return false;
         }
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -246,7 +335,7 @@ impl Outbox {
         if queue.items.len() >= self.max_frames {
             drop(queue);
             self.queued_bytes.fetch_sub(len, Relaxed);
-            self.mark_slow();
+            self.mark_slow("outgoing queue full");
             return false;
         }
         queue.items.push_back(item);
@@ -256,16 +345,41 @@ impl Outbox {
             // Only an empty queue can have a writer waiting on it.
             self.ready.wake();
         }
+        let now = before + len;
+        let reported = self.reported.load(Relaxed);
+        if now >= reported + REPORT_STEP {
+            self.report(reported, now);
+        }
         true
     }
 
-    fn mark_slow(&self) {
+    /// Moves what this outbox reported to the broker-wide total from `from` to `to`; if the
+    /// total is then over the budget, sheds the largest backlogs. A lost race with another
+    /// report leaves it to the next one.
+    fn report(&self, from: usize, to: usize) {
+        if self
+            .reported
+            .compare_exchange(from, to, Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let total = &self.backlogs.total;
+        if to >= from {
+            let after = total.fetch_add(to - from, Relaxed) + (to - from);
+            if after > self.backlogs.max {
+                self.backlogs.shed();
+            }
+        } else {
+            total.fetch_sub(from - to, Relaxed);
+        }
+    }
+
+    /// Cuts this client off as a slow consumer (once; counted once), saying why in the log.
+    pub fn mark_slow(&self, why: &'static str) {
         if !self.slow.swap(true, Relaxed) {
-            self.metrics.slow_consumers.fetch_add(1, Relaxed);
-            tracing::warn!(
-                client = self.id,
-                "slow consumer: outbox full, cutting it off"
-            );
+            self.backlogs.metrics.slow_consumers.fetch_add(1, Relaxed);
+            tracing::warn!(client = self.id, why, "slow consumer: cutting it off");
             self.cut_off.cancel();
         }
     }
@@ -341,15 +455,23 @@ impl OutboxRx {
         }
     }
 
-    /// The hand-over: items of `bytes` (as queued) reached the socket. Gives them back to the
-    /// client's budget and counts them out, once for many frames.
-    pub fn written(&self, bytes: usize) {
-        if bytes > 0 {
-            self.outbox.queued_bytes.fetch_sub(bytes, Relaxed);
-            self.outbox
-                .metrics
-                .bytes_out
-                .fetch_add(bytes as u64, Relaxed);
+    /// The hand-over: `items` of `bytes` (their frames' size) reached the socket. Gives them
+    /// back to the budgets and counts them out, once for many frames.
+    pub fn written(&self, items: usize, bytes: usize) {
+        if items == 0 {
+            return;
+        }
+        let outbox = &self.outbox;
+        let charged = bytes + items * ITEM_BYTES;
+        let now = outbox.queued_bytes.fetch_sub(charged, Relaxed) - charged;
+        outbox
+            .backlogs
+            .metrics
+            .bytes_out
+            .fetch_add(bytes as u64, Relaxed);
+        let reported = outbox.reported.load(Relaxed);
+        if reported > now + REPORT_STEP || (now == 0 && reported > 0) {
+            outbox.report(reported, now);
         }
     }
 }
@@ -359,6 +481,12 @@ impl Drop for OutboxRx {
         let mut queue = self.queue();
         queue.closed = true;
         queue.items = VecDeque::new();
+        drop(queue);
+        // Nothing is queued any more: take this client out of the broker-wide total.
+        let outbox = &self.outbox;
+        let reported = outbox.reported.swap(0, Relaxed);
+        outbox.backlogs.total.fetch_sub(reported, Relaxed);
+        outbox.backlogs.registry().remove(&outbox.id);
     }
 }
 
@@ -370,45 +498,114 @@ mod tests {
         Frame(WsMessage::text(s))
     }
 
+    fn backlogs(max: usize) -> Arc<Backlogs> {
+        Backlogs::new(max, Arc::default())
+    }
+
     #[test]
     fn a_closed_outbox_refuses_without_counting_a_slow_consumer() {
-        let metrics = Arc::new(Metrics::default());
-        let (outbox, rx) = Outbox::new(1, 1, 1 << 20, metrics.clone());
+        let shared = backlogs(usize::MAX);
+        let (outbox, rx) = Outbox::new(1, 1, 1 << 20, &shared);
         drop(rx);
         assert!(!outbox.push(text("x")));
         assert!(!outbox.is_slow());
-        assert_eq!(metrics.slow_consumers.load(Relaxed), 0);
+        assert_eq!(shared.metrics.slow_consumers.load(Relaxed), 0);
     }
 
     #[test]
     fn a_full_outbox_cuts_its_client_off_once() {
-        let metrics = Arc::new(Metrics::default());
-        let (outbox, _rx) = Outbox::new(1, 2, 1 << 20, metrics.clone());
+        let shared = backlogs(usize::MAX);
+        let (outbox, _rx) = Outbox::new(1, 2, 1 << 20, &shared);
         assert!(outbox.push(text("a")));
         assert!(outbox.push(text("b")));
         assert!(!outbox.push(text("c")));
         assert!(!outbox.push(text("d")));
         assert!(outbox.is_slow());
         assert!(outbox.cut_off().is_cancelled());
-        assert_eq!(metrics.slow_consumers.load(Relaxed), 1);
+        assert_eq!(shared.metrics.slow_consumers.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn each_item_is_charged_its_bookkeeping_too() {
+        let (outbox, _rx) = Outbox::new(1, usize::MAX, 1 << 20, &backlogs(usize::MAX));
+        assert!(outbox.push(text("")));
+        assert_eq!(outbox.queued_bytes(), ITEM_BYTES);
+        assert!(outbox.push(text("12345678")));
+        assert_eq!(outbox.queued_bytes(), 2 * ITEM_BYTES + 8);
     }
 
     #[test]
     fn written_bytes_are_given_back_to_the_budget() {
-        let metrics = Arc::new(Metrics::default());
-        let (outbox, mut rx) = Outbox::new(1, 100, 10, metrics.clone());
+        let shared = backlogs(usize::MAX);
+        let (outbox, mut rx) = Outbox::new(1, 100, ITEM_BYTES + 10, &shared);
         assert!(outbox.push(text("12345678")));
         let item = rx.try_recv().unwrap();
-        rx.written(item.queued_len());
-        assert_eq!(metrics.bytes_out.load(Relaxed), 8);
-        // Room again: without the hand-over, a second frame would pass the 10-byte budget.
+        rx.written(1, item.queued_len());
+        assert_eq!(shared.metrics.bytes_out.load(Relaxed), 8);
+        assert_eq!(outbox.queued_bytes(), 0);
+        // Room again: without the hand-over, a second frame would pass the budget.
         assert!(outbox.push(text("12345678")));
         assert!(!outbox.is_slow());
     }
 
+    #[test]
+    fn the_broker_wide_budget_cuts_the_largest_backlogs_first() {
+        let shared = backlogs(3 * REPORT_STEP);
+        let frame = text(&"x".repeat(1024));
+        let (small, _small_rx) = Outbox::new(1, usize::MAX, usize::MAX, &shared);
+        let (large, _large_rx) = Outbox::new(2, usize::MAX, usize::MAX, &shared);
+        let (other, _other_rx) = Outbox::new(3, usize::MAX, usize::MAX, &shared);
+        for _ in 0..70 {
+            assert!(small.push(frame.clone()));
+        }
+        for _ in 0..150 {
+            other.push(frame.clone());
+        }
+        for _ in 0..300 {
+            large.push(frame.clone());
+        }
+        assert!(large.is_slow(), "the largest backlog goes first");
+        assert!(!small.is_slow(), "the smallest stays");
+        assert!(shared.total() > 0);
+        assert_eq!(
+            shared.metrics.slow_consumers.load(Relaxed),
+            1 + u64::from(other.is_slow())
+        );
+    }
+
+    #[test]
+    fn a_client_gone_leaves_the_total() {
+        let shared = backlogs(usize::MAX);
+        let (outbox, rx) = Outbox::new(1, usize::MAX, usize::MAX, &shared);
+        let frame = text(&"x".repeat(4096));
+        for _ in 0..40 {
+            assert!(outbox.push(frame.clone()));
+        }
+        assert!(shared.total() >= 2 * REPORT_STEP);
+        drop(rx);
+        assert_eq!(shared.total(), 0);
+        assert!(shared.registry().is_empty());
+    }
+
+    #[test]
+    fn written_batches_bring_the_total_down() {
+        let shared = backlogs(usize::MAX);
+        let (outbox, mut rx) = Outbox::new(1, usize::MAX, usize::MAX, &shared);
+        let frame = text(&"x".repeat(4096));
+        for _ in 0..40 {
+            assert!(outbox.push(frame.clone()));
+        }
+        let mut batch = VecDeque::new();
+        assert!(rx.try_recv_all(&mut batch));
+        let bytes: usize = batch.iter().map(Outgoing::queued_len).sum();
+        rx.written(batch.len(), bytes);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(shared.total(), 0);
+    }
+
     #[tokio::test]
     async fn the_writer_takes_the_whole_backlog_at_once() {
-        let (outbox, mut rx) = Outbox::new(1, 8, 1 << 20, Arc::default());
+        let (outbox, mut rx) = Outbox::new(1, 8, 1 << 20, &backlogs(usize::MAX));
         let waiting = tokio::spawn(async move {
             let mut batch = VecDeque::new();
             rx.recv_all(&mut batch).await;

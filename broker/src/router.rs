@@ -21,8 +21,9 @@ use proto::{Data, Encoding, Message, Publish, ServerFrame, TopicFilter, TopicNam
 use serde_json::{json, Value};
 use smallvec::SmallVec;
 
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::outbox::{Frame, Outbox, Outgoing};
+use crate::outbox::{Backlogs, Frame, Outbox, Outgoing};
 use crate::trie::Trie;
 
 /// Milliseconds since the Unix epoch, for presence timestamps.
@@ -100,7 +101,7 @@ impl RouteCache {
 }
 
 /// Routing state shared by every session.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Router {
     /// Filter → subscribers.
     index: RwLock<Trie<Outbox>>,
@@ -113,6 +114,14 @@ pub struct Router {
     names: DashMap<String, u64>,
     /// Counters, shared with the HTTP endpoints.
     pub metrics: Arc<Metrics>,
+    /// The broker-wide budget every client's outbox is part of.
+    pub backlogs: Arc<Backlogs>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new(&Config::default())
+    }
 }
 
 /// A target with the encoding it reads now (a client may switch between frames).
@@ -121,6 +130,19 @@ fn with_encoding(outbox: &Arc<Outbox>) -> (&Arc<Outbox>, Encoding) {
 }
 
 impl Router {
+    /// A router with the limits of `config`.
+    pub fn new(config: &Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        Self {
+            index: RwLock::default(),
+            generation: AtomicU64::new(0),
+            retained: Mutex::default(),
+            names: DashMap::new(),
+            backlogs: Backlogs::new(config.max_backlog_bytes, metrics.clone()),
+            metrics,
+        }
+    }
+
     /// Delivers `p`, published by `from` (its `hello` name, if any), to every subscriber whose
     /// filters match its topic, once each, encoding it at most once per encoding in use; keeps
     /// it as the topic's retained value if it says so. Returns the number of deliveries.
@@ -313,7 +335,7 @@ mod tests {
 
     /// A queue for client `id` on `router`, of `frames` frames and `bytes` bytes.
     fn queue(router: &Router, id: u64, frames: usize, bytes: usize) -> (Arc<Outbox>, OutboxRx) {
-        Outbox::new(id, frames, bytes, router.metrics.clone())
+        Outbox::new(id, frames, bytes, &router.backlogs)
     }
 
     /// The frame of a queued item, as its WebSocket message.

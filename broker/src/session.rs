@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use proto::{ClientFrame, Encoding, ErrorCode, FrameError, ServerFrame, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -119,7 +120,7 @@ pub(crate) async fn serve<S>(
         id,
         config.outbox_frames,
         config.outbox_bytes,
-        metrics.clone(),
+        &router.backlogs,
     );
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
@@ -174,6 +175,65 @@ pub(crate) async fn serve<S>(
     metrics.connections.fetch_sub(1, Relaxed);
 }
 
+/// The write deadline: a client whose socket accepts nothing for this long while frames wait
+/// for it is a slow consumer.
+///
+/// Cheap on the busy path: the timer is armed when the socket first blocks and is not moved
+/// while it makes progress; when it fires, the writer's progress count tells whether anything
+/// was taken since it was armed (then it is armed again from there). A client is so cut off
+/// between one and two periods after its socket stopped taking anything.
+struct WriteDeadline {
+    period: Duration,
+    /// Allocated on the first block: idle connections never carry one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The writer's progress when the timer was armed; `None` while it is not.
+    armed_at: Option<u64>,
+}
+
+impl WriteDeadline {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            timer: None,
+            armed_at: None,
+        }
+    }
+
+    fn arm(&mut self, progress: u64) {
+        let at = Instant::now() + self.period;
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(sleep_until(at))),
+        }
+        self.armed_at = Some(progress);
+    }
+
+    /// `Ready` once the writer has been blocked, taking nothing, for the whole period.
+    fn poll(&mut self, cx: &mut std::task::Context<'_>, writer: &Writer) -> Poll<()> {
+        if !writer.is_blocked() {
+            self.armed_at = None;
+            return Poll::Pending;
+        }
+        let progress = writer.progress();
+        if self.armed_at.is_none() {
+            self.arm(progress);
+        }
+        loop {
+            let Some(timer) = &mut self.timer else {
+                return Poll::Pending;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.armed_at == Some(progress) {
+                return Poll::Ready(());
+            }
+            // It took something since: a fresh period from now.
+            self.arm(progress);
+        }
+    }
+}
+
 /// What woke the session.
 enum Event {
     /// The session must end.
@@ -207,6 +267,7 @@ impl Session {
         let cut_off = self.outbox.cut_off().clone();
         let cut_off = cut_off.cancelled();
         tokio::pin!(cut_off);
+        let mut deadline = WriteDeadline::new(self.config.write_deadline);
         loop {
             let event = poll_fn(|cx| {
                 if shutdown.as_mut().poll(cx).is_ready() {
@@ -214,8 +275,7 @@ impl Session {
                     return Poll::Ready(Event::End(ending));
                 }
                 if cut_off.as_mut().poll(cx).is_ready() {
-                    let ending =
-                        Ending::close(CloseCode::Policy, "slow consumer: outgoing queue full");
+                    let ending = Ending::close(CloseCode::Policy, "slow consumer");
                     return Poll::Ready(Event::End(ending));
                 }
                 if ping.poll_tick(cx).is_ready() {
@@ -225,6 +285,12 @@ impl Session {
                 if let Poll::Ready(Err(e)) = writer.poll_write(ws, cx) {
                     tracing::debug!(client = self.id, error = %e, "connection error");
                     return Poll::Ready(Event::End(Ending::gone("connection error")));
+                }
+                if deadline.poll(cx, writer).is_ready() {
+                    self.outbox
+                        .mark_slow("its socket accepted nothing for the write deadline");
+                    let ending = Ending::close(CloseCode::Policy, "slow consumer");
+                    return Poll::Ready(Event::End(ending));
                 }
                 ws.poll_next_unpin(cx).map(Event::Frame)
             })

@@ -28,11 +28,17 @@ pub(crate) struct Writer {
     current: Option<Frames>,
     /// A frame taken from `current` that the socket had no room for yet.
     next: Option<Frame>,
-    /// Fed to the socket since the last flush: frames, and their bytes as queued.
+    /// Fed to the socket since the last flush: frames; items begun, and their bytes as queued.
     frames: usize,
+    items: usize,
     bytes: usize,
     /// Items in the last batch taken, to give back what a past burst left in `batch`.
     taken: usize,
+    /// Whether the socket said it had no room while something waited to be written.
+    blocked: bool,
+    /// Bumped each time the socket takes something after being blocked, and at each flush:
+    /// what the write deadline watches.
+    progress: u64,
 }
 
 impl Writer {
@@ -43,9 +49,23 @@ impl Writer {
             current: None,
             next: None,
             frames: 0,
+            items: 0,
             bytes: 0,
             taken: 0,
+            blocked: false,
+            progress: 0,
         }
+    }
+
+    /// Whether the socket has no room for what waits to be written.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// A count that moves whenever the socket takes something: unchanged over a period means
+    /// the socket accepted nothing in it.
+    pub(crate) fn progress(&self) -> u64 {
+        self.progress
     }
 
     /// The next frame to write, if anything is queued; registers for a wake-up if not.
@@ -69,6 +89,7 @@ impl Writer {
                     continue;
                 }
             };
+            self.items += 1;
             self.bytes += item.queued_len();
             self.current = Some(item.into_frames(self.rx.encoding()));
         }
@@ -98,8 +119,13 @@ impl Writer {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     self.next = Some(frame);
+                    self.blocked = true;
                     return Poll::Pending;
                 }
+            }
+            if self.blocked {
+                self.blocked = false;
+                self.progress += 1;
             }
             self.frames += 1;
             if self.frames >= WRITE_BATCH {
@@ -138,10 +164,16 @@ impl Writer {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if self.frames > 0 {
-            ready!(ws.poll_flush_unpin(cx))?;
-            self.rx.written(self.bytes);
+            if ws.poll_flush_unpin(cx)?.is_pending() {
+                self.blocked = true;
+                return Poll::Pending;
+            }
+            self.rx.written(self.items, self.bytes);
             self.frames = 0;
+            self.items = 0;
             self.bytes = 0;
+            self.blocked = false;
+            self.progress += 1;
         }
         Poll::Ready(Ok(()))
     }

@@ -82,3 +82,88 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_gets_everything() {
         .await;
     assert_eq!(presence(&mut late, "slowpoke", true).await["online"], false);
 }
+
+#[tokio::test]
+async fn a_burst_is_not_a_slow_consumer() {
+    // 50 000 small messages as fast as one publisher can send them, to a subscriber that reads
+    // normally: a backlog builds up in the broker, and it must be absorbed, not cut off.
+    const MSGS: u64 = 50_000;
+    let broker = Broker::default();
+    let url = broker.url();
+    let mut subscriber = Client::msgpack(&url).await;
+    sub(&mut subscriber, "burst", 1).await;
+    let reader = tokio::spawn(async move {
+        for n in 0..MSGS {
+            let got = subscriber.recv().await;
+            assert_eq!(got["data"], n, "message {n}");
+        }
+        subscriber
+    });
+    let mut publisher = Client::json(&url).await;
+    for n in 0..MSGS {
+        publisher
+            .send(json!({"op": "pub", "topic": "burst", "data": n}))
+            .await;
+    }
+    let mut subscriber = tokio::time::timeout(WAIT * 6, reader)
+        .await
+        .expect("every message of the burst in time")
+        .expect("the reader");
+    assert_quiet(&mut subscriber, 2).await;
+    assert_eq!(
+        broker
+            .metric("breadboard_slow_consumer_disconnects_total")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_whose_socket_takes_nothing_is_cut_off_after_the_write_deadline() {
+    // A budget far larger than what is sent, so that only the deadline can cut the client off:
+    // 400 messages of 64 KiB (25 MiB) fill the sockets of a client that does not read, and its
+    // socket then accepts nothing.
+    const MSGS: u64 = 400;
+    let deadline = Duration::from_millis(300);
+    let broker = Broker::with(|config| {
+        config.write_deadline = deadline;
+        config.outbox_bytes = 256 << 20;
+    });
+    let url = broker.url();
+    let mut stuck = Client::json(&url).await;
+    let mut reader = Client::json(&url).await;
+    sub(&mut stuck, "big", 1).await;
+    sub(&mut reader, "big", 1).await;
+    let mut publisher = Client::json(&url).await;
+    let pad = "x".repeat(64 * 1024);
+    let started = Instant::now();
+    for n in 0..MSGS {
+        publisher
+            .send(json!({"op": "pub", "topic": "big", "data": {"n": n, "pad": pad}}))
+            .await;
+        assert_eq!(
+            reader.recv().await["data"]["n"],
+            n,
+            "the reader, message {n}"
+        );
+    }
+    let mut cut_after = None;
+    for _ in 0..200 {
+        if broker
+            .metric("breadboard_slow_consumer_disconnects_total")
+            .await
+            >= 1.0
+        {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut_after = cut_after.expect("the stuck client was never cut off");
+    println!("stuck client cut off {cut_after:?} after the first message");
+    // The others are unaffected.
+    assert_quiet(&mut reader, 2).await;
+    assert_quiet(&mut publisher, 3).await;
+    let end = stuck.wait_end(WAIT * 2, 1_000_000).await;
+    assert!(end.is_some(), "the stuck client is still connected");
+}

@@ -24,12 +24,19 @@ pub struct Args {
     /// Most subscriptions one connection may hold.
     #[arg(long, default_value_t = broker::Config::default().max_subscriptions)]
     pub max_subscriptions: usize,
-    /// Frames a client may have queued before it is cut off as a slow consumer.
+    /// Items a client may have queued: a memory guard only (the byte budget comes first).
     #[arg(long, default_value_t = broker::Config::default().outbox_frames)]
     pub outbox_frames: usize,
     /// Bytes a client may have queued before it is cut off as a slow consumer.
     #[arg(long, default_value_t = broker::Config::default().outbox_bytes)]
     pub outbox_bytes: usize,
+    /// How long a client's socket may accept nothing while frames wait before it is cut off
+    /// as a slow consumer (`10`, `10s`, `1m`...).
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub write_deadline: Duration,
+    /// Bytes all clients may have queued together; past it, the largest backlogs are cut off.
+    #[arg(long, default_value_t = broker::Config::default().max_backlog_bytes)]
+    pub max_backlog_bytes: usize,
     /// Seconds between keepalive pings to a client; silent for twice this, it is dropped.
     #[arg(long, default_value_t = 30.0)]
     pub keepalive: f64,
@@ -61,6 +68,10 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let keepalive = seconds("keepalive", args.keepalive)?;
     anyhow::ensure!(!keepalive.is_zero(), "--keepalive must be more than 0");
+    anyhow::ensure!(
+        !args.write_deadline.is_zero(),
+        "--write-deadline must be more than 0"
+    );
     let stats = seconds("stats-interval", args.stats_interval)?;
     let config = broker::Config {
         name: args.name.unwrap_or_else(host_name),
@@ -68,6 +79,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_subscriptions: args.max_subscriptions,
         outbox_frames: args.outbox_frames,
         outbox_bytes: args.outbox_bytes,
+        write_deadline: args.write_deadline,
+        max_backlog_bytes: args.max_backlog_bytes,
         keepalive,
         stats_interval: (!stats.is_zero()).then_some(stats),
         ..broker::Config::default()

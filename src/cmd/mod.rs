@@ -99,9 +99,40 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s} seconds: {e}"))
 }
 
+/// Parses a duration for a flag: a plain number of seconds (`90`, `0.5`) or a number with a
+/// unit, as humantime reads them (`90s`, `500ms`, `10m`, `24h`, `1h 30m`).
+///
+/// # Errors
+/// What is wrong, for clap to show.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_nan() || secs < 0.0 {
+            return Err(format!("{s} is not a duration"));
+        }
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s} seconds: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as 90, 90s, 10m or 24h ({e})"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_plain_seconds_or_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration(" 1h 30m "), Ok(Duration::from_secs(5_400)));
+        for bad in ["", "-1", "NaN", "ten", "10 parsecs", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn seconds_accept_fractions_only_when_positive() {
