@@ -184,7 +184,7 @@ impl Backlogs {
             .collect();
         // The backlogs of clients already cut off are about to go with their sessions.
         let mut left: usize = queues.iter().map(|(bytes, _)| bytes).sum();
-        queues.sort_by(|a, b| b.0.cmp(&a.0));
+        queues.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
         for (bytes, outbox) in queues {
             if left <= self.max {
                 break;
