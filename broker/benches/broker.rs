@@ -107,7 +107,7 @@ fn publish(c: &mut Criterion) {
         group.throughput(Throughput::Elements(subs));
         group.bench_function(BenchmarkId::new("subscribers", subs), |b| {
             b.iter(|| {
-                let delivered = router.publish(black_box(&p), Some("pin-1"));
+                let delivered = router.publish(black_box(&p), Some("pin-1")).delivered;
                 for (_, rx) in &mut queues {
                     rx.try_recv_all(&mut batch);
                     batch.clear();

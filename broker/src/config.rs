@@ -27,6 +27,11 @@ pub struct Config {
     /// small, so that idle connections stay small. Busy connections read through a larger
     /// chunk that exists only while data keeps coming (see `read_ahead`).
     pub read_buffer_bytes: usize,
+    /// Most topics clients may keep a retained value on (the broker's own `$SYS` topics aside).
+    pub max_retained: usize,
+    /// Most bytes of retained values clients may keep (each counted as its topic plus its value
+    /// as JSON).
+    pub max_retained_bytes: usize,
     /// How often the broker pings an idle client; one silent for twice this is dropped.
     pub keepalive: Duration,
     /// How often `$SYS/broker/stats` is published; `None` turns it off.
@@ -44,6 +49,8 @@ impl Default for Config {
             write_deadline: Duration::from_secs(10),
             max_backlog_bytes: 1 << 30,
             read_buffer_bytes: 512,
+            max_retained: 1_000_000,
+            max_retained_bytes: 256 << 20,
             keepalive: Duration::from_secs(30),
             stats_interval: Some(Duration::from_secs(10)),
         }

@@ -5,7 +5,8 @@
 //!   request [`head`].
 //! - `session`: one task per client, reading its frames (decoded with `proto`) and acting on
 //!   them; its `writer` drains the client's outbox into the socket.
-//! - [`router`]: the subscription index ([`trie`]), retained values, names online (presence).
+//! - [`router`]: the subscription index ([`trie`]), the [`retained`] values, names online
+//!   (presence).
 //! - [`outbox`]: each client's bounded outgoing queue ([`Outbox`](outbox::Outbox)), its byte
 //!   budget and encoding, the frames in it, and the hand-over to the writer.
 //! - `http`: the dashboard, `/metrics`, `/healthz`.
@@ -28,6 +29,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 mod read_ahead;
+pub mod retained;
 pub mod router;
 mod session;
 pub mod trie;

@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::router::Retained;
+use crate::retained::Retained;
 use crate::trie::Subscriber;
 
 /// An encoded frame, ready for the socket. Cheap to clone: the bytes are shared, so one

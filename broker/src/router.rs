@@ -11,19 +11,19 @@
 //! retained.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use proto::{Data, Encoding, Message, Publish, ServerFrame, TopicFilter, TopicName};
+use proto::{Encoding, Message, Publish, ServerFrame, TopicFilter, TopicName};
 use serde_json::{json, Value};
 use smallvec::SmallVec;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{Backlogs, Frame, Outbox, Outgoing};
+use crate::retained::{Limits, Retained, RetainedFull, RetainedTree};
 use crate::trie::Trie;
 
 /// Milliseconds since the Unix epoch, for presence timestamps.
@@ -32,34 +32,6 @@ pub(crate) fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
-}
-
-/// A retained value and who published it.
-#[derive(Debug)]
-pub struct Retained {
-    topic: TopicName,
-    data: Value,
-    from: Option<Arc<str>>,
-    /// Its replay frame in each encoding ([`Encoding::index`]), encoded on first use.
-    frames: [OnceLock<Frame>; 2],
-}
-
-impl Retained {
-    /// The replay frame (`retained: true`, no `reply`: a stale request is not replayed).
-    pub(crate) fn frame(&self, enc: Encoding) -> Frame {
-        self.frames[enc.index()]
-            .get_or_init(|| {
-                let msg = ServerFrame::Msg(Message {
-                    topic: self.topic.borrowed(),
-                    data: Data::from(&self.data),
-                    from: self.from.as_deref().map(Cow::Borrowed),
-                    reply: None,
-                    retained: true,
-                });
-                Frame::encode(&msg, enc)
-            })
-            .clone()
-    }
 }
 
 /// The subscribers of a publisher's last topic, as [`Router::publish_cached`] keeps them: valid
@@ -100,6 +72,16 @@ impl RouteCache {
     }
 }
 
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Routed {
+    /// Subscribers it was queued for.
+    pub delivered: usize,
+    /// Why it was not kept as the retained value it asked to be, if it was not.
+    pub refused: Option<RetainedFull>,
+}
+
 /// Routing state shared by every session.
 #[derive(Debug)]
 pub struct Router {
@@ -108,8 +90,8 @@ pub struct Router {
     /// Bumped by every change to `index` (a filter added or removed), while holding it for
     /// writing.
     generation: AtomicU64,
-    /// Topic → last retained value; ordered so replays come in a stable order.
-    retained: Mutex<BTreeMap<TopicName, Arc<Retained>>>,
+    /// Topic → last retained value, in a tree on levels.
+    retained: Mutex<RetainedTree>,
     /// `hello` names online → the id of the client holding each.
     names: DashMap<String, u64>,
     /// Counters, shared with the HTTP endpoints.
@@ -136,7 +118,10 @@ impl Router {
         Self {
             index: RwLock::default(),
             generation: AtomicU64::new(0),
-            retained: Mutex::default(),
+            retained: Mutex::new(RetainedTree::new(Limits {
+                topics: config.max_retained,
+                bytes: config.max_retained_bytes,
+            })),
             names: DashMap::new(),
             backlogs: Backlogs::new(config.max_backlog_bytes, metrics.clone()),
             metrics,
@@ -145,8 +130,8 @@ impl Router {
 
     /// Delivers `p`, published by `from` (its `hello` name, if any), to every subscriber whose
     /// filters match its topic, once each, encoding it at most once per encoding in use; keeps
-    /// it as the topic's retained value if it says so. Returns the number of deliveries.
-    pub fn publish(&self, p: &Publish<'_>, from: Option<&str>) -> usize {
+    /// it as the topic's retained value if it says so and the limits allow.
+    pub fn publish(&self, p: &Publish<'_>, from: Option<&str>) -> Routed {
         self.route(p, from, None)
     }
 
@@ -158,15 +143,17 @@ impl Router {
         p: &Publish<'_>,
         from: Option<&str>,
         cache: &mut RouteCache,
-    ) -> usize {
+    ) -> Routed {
         self.route(p, from, Some(cache))
     }
 
-    fn route(&self, p: &Publish<'_>, from: Option<&str>, cache: Option<&mut RouteCache>) -> usize {
+    fn route(&self, p: &Publish<'_>, from: Option<&str>, cache: Option<&mut RouteCache>) -> Routed {
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
-        if p.retain {
-            self.retain(p, from);
-        }
+        let refused = if p.retain {
+            self.retain(p, from).err()
+        } else {
+            None
+        };
         let topic = p.topic.as_str();
         let targets: SmallVec<[(&Arc<Outbox>, Encoding); 8]> = match cache {
             Some(cache) => {
@@ -216,23 +203,21 @@ impl Router {
         self.metrics
             .messages_out
             .fetch_add(delivered as u64, Relaxed);
-        delivered
+        Routed { delivered, refused }
     }
 
-    fn retain(&self, p: &Publish<'_>, from: Option<&str>) {
+    /// Keeps (or, for `null`, clears) `p` as its topic's retained value.
+    fn retain(&self, p: &Publish<'_>, from: Option<&str>) -> Result<(), RetainedFull> {
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
-        if p.data.is_null() {
+        let result = if p.data.is_null() {
             retained.remove(p.topic.as_str());
+            Ok(())
         } else {
-            let value = Retained {
-                topic: p.topic.to_name(),
-                data: p.data.to_value(),
-                from: from.map(Arc::from),
-                frames: Default::default(),
-            };
-            retained.insert(p.topic.to_name(), Arc::new(value));
-        }
+            let value = Retained::new(p.topic.to_name(), p.data.to_value(), from, unix_ms());
+            retained.insert(Arc::new(value))
+        };
         self.metrics.retained.store(retained.len() as u64, Relaxed);
+        result
     }
 
     /// Subscribes `outbox` to `filter` and queues the matching retained values (flagged
@@ -245,12 +230,11 @@ impl Router {
             self.generation.fetch_add(1, Relaxed);
             self.metrics.subscriptions.fetch_add(1, Relaxed);
         }
-        let retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
-        let replay: Vec<Arc<Retained>> = retained
-            .iter()
-            .filter(|(topic, _)| filter.matches(topic))
-            .map(|(_, value)| Arc::clone(value))
-            .collect();
+        let replay = self
+            .retained
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .matching(filter);
         if !replay.is_empty() {
             outbox.enqueue(Outgoing::replay(replay));
         }
@@ -310,7 +294,8 @@ impl Router {
             retain: true,
             ..Publish::new(topic, data)
         };
-        self.publish(&p, None);
+        // The broker's own topics are never refused.
+        let _ = self.publish(&p, None);
     }
 }
 
@@ -330,7 +315,7 @@ mod tests {
             retain,
             ..Publish::new(t, data)
         };
-        router.publish(&p, Some("p"))
+        router.publish(&p, Some("p")).delivered
     }
 
     /// A queue for client `id` on `router`, of `frames` frames and `bytes` bytes.
@@ -380,8 +365,11 @@ mod tests {
     fn cached_routes_follow_every_subscription_change() {
         let router = Router::default();
         let mut cache = RouteCache::default();
-        let mut send =
-            |t: &str| router.publish_cached(&Publish::new(topic(t), json!(1)), None, &mut cache);
+        let mut send = |t: &str| {
+            router
+                .publish_cached(&Publish::new(topic(t), json!(1)), None, &mut cache)
+                .delivered
+        };
         let (a, mut a_rx) = queue(&router, 1, 64, 1 << 20);
         let (b, mut b_rx) = queue(&router, 2, 64, 1 << 20);
         router.subscribe(&TopicFilter::new("x/#").unwrap(), &a);
@@ -417,9 +405,15 @@ mod tests {
             .collect();
         let mut cache = RouteCache::default();
         let p = Publish::new(topic("t"), json!(1));
-        assert_eq!(router.publish_cached(&p, None, &mut cache), queues.len());
+        assert_eq!(
+            router.publish_cached(&p, None, &mut cache).delivered,
+            queues.len()
+        );
         assert_eq!(cache.generation, None);
-        assert_eq!(router.publish_cached(&p, None, &mut cache), queues.len());
+        assert_eq!(
+            router.publish_cached(&p, None, &mut cache).delivered,
+            queues.len()
+        );
     }
 
     /// A router with a JSON and a MessagePack subscriber to `filter`; their queues.
@@ -452,7 +446,7 @@ mod tests {
             panic!("not a pub: {frame}");
         };
         assert_eq!(p.data.sent_as(), Some(Encoding::Json), "{frame}");
-        router.publish(&p, None)
+        router.publish(&p, None).delivered
     }
 
     #[test]

@@ -424,7 +424,14 @@ impl Session {
             ClientFrame::Pub(p) => {
                 self.tally.messages_in += 1;
                 let from = self.name.as_ref().map(|(n, _)| n.as_str());
-                self.router.publish_cached(&p, from, &mut self.routes);
+                let routed = self.router.publish_cached(&p, from, &mut self.routes);
+                if let Some(full) = routed.refused {
+                    return Err(FrameError::new(
+                        id,
+                        ErrorCode::RetainedFull,
+                        format!("not retained (still delivered): {full}"),
+                    ));
+                }
                 Ok(ok)
             }
             ClientFrame::Sub { topic, .. } => {

@@ -12,6 +12,7 @@
 mod bad_input;
 mod harness;
 mod http;
+mod limits;
 mod presence;
 mod routing;
 mod slow_consumers;

@@ -35,11 +35,13 @@ pub enum ErrorCode {
     NameTaken,
     /// A second `hello` on the same connection.
     AlreadyNamed,
+    /// A retained `pub` past the broker's limits on retained values (it is still delivered).
+    RetainedFull,
 }
 
 impl ErrorCode {
     /// Every code, for metrics and documentation.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BadFrame,
         Self::UnknownOp,
         Self::BadTopic,
@@ -51,6 +53,7 @@ impl ErrorCode {
         Self::BadName,
         Self::NameTaken,
         Self::AlreadyNamed,
+        Self::RetainedFull,
     ];
 
     /// The wire form, such as `bad_topic`.
@@ -67,6 +70,7 @@ impl ErrorCode {
             Self::BadName => "bad_name",
             Self::NameTaken => "name_taken",
             Self::AlreadyNamed => "already_named",
+            Self::RetainedFull => "retained_full",
         }
     }
 

@@ -37,6 +37,12 @@ pub struct Args {
     /// Bytes all clients may have queued together; past it, the largest backlogs are cut off.
     #[arg(long, default_value_t = broker::Config::default().max_backlog_bytes)]
     pub max_backlog_bytes: usize,
+    /// Most topics clients may keep a retained value on (past it: `err` `retained_full`).
+    #[arg(long, default_value_t = broker::Config::default().max_retained)]
+    pub max_retained: usize,
+    /// Most bytes of retained values clients may keep (topic plus value as JSON, each).
+    #[arg(long, default_value_t = broker::Config::default().max_retained_bytes)]
+    pub max_retained_bytes: usize,
     /// Seconds between keepalive pings to a client; silent for twice this, it is dropped.
     #[arg(long, default_value_t = 30.0)]
     pub keepalive: f64,
@@ -81,6 +87,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         outbox_bytes: args.outbox_bytes,
         write_deadline: args.write_deadline,
         max_backlog_bytes: args.max_backlog_bytes,
+        max_retained: args.max_retained,
+        max_retained_bytes: args.max_retained_bytes,
         keepalive,
         stats_interval: (!stats.is_zero()).then_some(stats),
         ..broker::Config::default()
