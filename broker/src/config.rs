@@ -32,6 +32,11 @@ pub struct Config {
     /// Most bytes of retained values clients may keep (each counted as its topic plus its value
     /// as JSON).
     pub max_retained_bytes: usize,
+    /// Most WebSocket connections at once; past it an upgrade gets HTTP 503. Default: the
+    /// open-file limit, less a margin for the listener, HTTP requests and the data store.
+    pub max_connections: usize,
+    /// How long an offline name's presence is kept before it is forgotten; `None`: forever.
+    pub presence_ttl: Option<Duration>,
     /// How often the broker pings an idle client; one silent for twice this is dropped.
     pub keepalive: Duration,
     /// How often `$SYS/broker/stats` is published; `None` turns it off.
@@ -49,10 +54,24 @@ impl Default for Config {
             write_deadline: Duration::from_secs(10),
             max_backlog_bytes: 1 << 30,
             read_buffer_bytes: 512,
+            max_connections: default_max_connections(),
+            presence_ttl: Some(Duration::from_secs(24 * 3600)),
             max_retained: 1_000_000,
             max_retained_bytes: 256 << 20,
             keepalive: Duration::from_secs(30),
             stats_interval: Some(Duration::from_secs(10)),
         }
     }
+}
+
+/// File descriptors kept aside from connections: the listener, HTTP requests being answered,
+/// the data store, logs.
+const FD_MARGIN: u64 = 64;
+
+/// What the process's open-file limit allows in connections, less [`FD_MARGIN`].
+pub fn default_max_connections() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(limit.saturating_sub(FD_MARGIN).max(1)).unwrap_or(usize::MAX)
 }

@@ -5,7 +5,7 @@
 //! that the same port serves the dashboard and the metrics as well as WebSocket clients.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,10 +42,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let router = Arc::new(Router::new(&config));
     let tracker = TaskTracker::new();
     let next_id = AtomicU64::new(1);
-    tracing::info!(%addr, name = %config.name, "broker listening");
+    let slots = Slots::new(config.max_connections);
+    tracing::info!(%addr, name = %config.name, max_connections = config.max_connections, "broker listening");
 
     if let Some(every) = config.stats_interval {
         tracker.spawn(publish_stats(router.clone(), every, shutdown.clone()));
+    }
+    if let Some(ttl) = config.presence_ttl {
+        tracker.spawn(forget_offline(router.clone(), ttl, shutdown.clone()));
     }
 
     loop {
@@ -66,8 +70,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
             stream,
             peer,
             id,
-            router.clone(),
-            config.clone(),
+            Shared {
+                router: router.clone(),
+                config: config.clone(),
+                slots: slots.clone(),
+            },
             shutdown.clone(),
         ));
     }
@@ -97,14 +104,64 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
     }
 }
 
+/// The answer to an upgrade over the connection limit.
+const AT_CAPACITY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n\
+Content-Type: text/plain\r\nContent-Length: 38\r\n\r\nthe broker is at its connection limit\n";
+
+/// What every connection shares.
+struct Shared {
+    router: Arc<Router>,
+    config: Arc<Config>,
+    slots: Arc<Slots>,
+}
+
+/// The WebSocket sessions the broker may hold at once (`max_connections`): one is taken before
+/// anything of a session exists, and given back when it ends.
+struct Slots {
+    taken: AtomicUsize,
+    max: usize,
+}
+
+impl Slots {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            taken: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot, unless all are taken.
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        if self.taken.fetch_add(1, Relaxed) >= self.max {
+            self.taken.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+/// A taken slot, given back on drop.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Relaxed);
+    }
+}
+
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    router: Arc<Router>,
-    config: Arc<Config>,
+    shared: Shared,
     shutdown: CancellationToken,
 ) {
+    let Shared {
+        router,
+        config,
+        slots,
+    } = shared;
     // Small frames must not wait for Nagle: latency matters more than packet count here.
     let _ = stream.set_nodelay(true);
     let head = tokio::select! {
@@ -132,6 +189,12 @@ async fn connection(
     };
     match (&head.websocket_key, head.upgrade) {
         (Some(key), _) => {
+            let Some(_slot) = slots.take() else {
+                tracing::warn!(%peer, max = config.max_connections, "connection limit reached: upgrade refused");
+                router.metrics.refused_connections.fetch_add(1, Relaxed);
+                let _ = stream.write_all(AT_CAPACITY).await;
+                return;
+            };
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
                 derive_accept_key(key)
@@ -177,6 +240,23 @@ async fn publish_stats(router: Arc<Router>, every: Duration, shutdown: Cancellat
             _ = tick.tick() => {
                 let data = router.metrics.to_json();
                 router.publish_system(&topic, &data);
+            }
+        }
+    }
+}
+
+/// Forgets the presence of names offline for longer than `ttl`, checking every tenth of it.
+async fn forget_offline(router: Arc<Router>, ttl: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval((ttl / 10).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let forgotten = router.forget_offline(ttl);
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "offline names forgotten");
+                }
             }
         }
     }

@@ -33,6 +33,11 @@ pub struct Metrics {
     pub slow_consumers: AtomicU64,
     /// HTTP requests served (dashboard, metrics, health).
     pub http_requests: AtomicU64,
+    /// WebSocket upgrades refused at the connection limit.
+    pub refused_connections: AtomicU64,
+    /// Bytes queued to clients and not yet written, over all clients (as the broker-wide
+    /// budget counts them).
+    pub backlog_bytes: AtomicU64,
     /// `err` frames sent, by code (indexed like [`ErrorCode::ALL`]).
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -55,7 +60,7 @@ impl Metrics {
         self.errors[code_index(code)].load(Relaxed)
     }
 
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 11] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -123,6 +128,18 @@ impl Metrics {
                 "counter",
                 "HTTP requests served",
                 g(&self.http_requests),
+            ),
+            (
+                "refused_connections_total",
+                "counter",
+                "WebSocket upgrades refused at the connection limit",
+                g(&self.refused_connections),
+            ),
+            (
+                "backlog_bytes",
+                "gauge",
+                "Bytes queued to clients and not yet written",
+                g(&self.backlog_bytes),
             ),
         ]
     }

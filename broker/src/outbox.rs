@@ -169,6 +169,11 @@ impl Backlogs {
         self.total.load(Relaxed)
     }
 
+    /// Shows the total in the metrics.
+    fn show(&self, total: usize) {
+        self.metrics.backlog_bytes.store(total as u64, Relaxed);
+    }
+
     fn registry(&self) -> MutexGuard<'_, HashMap<u64, Weak<Outbox>>> {
         self.outboxes.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -364,14 +369,16 @@ impl Outbox {
         {
             return;
         }
-        let total = &self.backlogs.total;
+        let backlogs = &self.backlogs;
         if to >= from {
-            let after = total.fetch_add(to - from, Relaxed) + (to - from);
-            if after > self.backlogs.max {
-                self.backlogs.shed();
+            let after = backlogs.total.fetch_add(to - from, Relaxed) + (to - from);
+            backlogs.show(after);
+            if after > backlogs.max {
+                backlogs.shed();
             }
         } else {
-            total.fetch_sub(from - to, Relaxed);
+            let after = backlogs.total.fetch_sub(from - to, Relaxed) - (from - to);
+            backlogs.show(after);
         }
     }
 
@@ -485,7 +492,8 @@ impl Drop for OutboxRx {
         // Nothing is queued any more: take this client out of the broker-wide total.
         let outbox = &self.outbox;
         let reported = outbox.reported.swap(0, Relaxed);
-        outbox.backlogs.total.fetch_sub(reported, Relaxed);
+        let after = outbox.backlogs.total.fetch_sub(reported, Relaxed) - reported;
+        outbox.backlogs.show(after);
         outbox.backlogs.registry().remove(&outbox.id);
     }
 }

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use proto::{Encoding, Message, Publish, ServerFrame, TopicFilter, TopicName};
@@ -286,6 +286,30 @@ impl Router {
         };
         let data = json!({ "kind": kind, "online": online, "since": unix_ms(), "addr": peer });
         self.publish_system(&topic, &data);
+    }
+
+    /// Forgets the presence of every name that has been offline for longer than `ttl`;
+    /// returns how many.
+    pub fn forget_offline(&self, ttl: Duration) -> usize {
+        let Ok(filter) = TopicFilter::new(format!("{}/nodes/+", proto::SYS_PREFIX)) else {
+            return 0;
+        };
+        let cutoff = unix_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<TopicName> = retained
+            .matching(&filter)
+            .into_iter()
+            .filter(|r| {
+                let data = r.data();
+                data["online"] == false && data["since"].as_u64().is_some_and(|t| t < cutoff)
+            })
+            .map(|r| r.topic().clone())
+            .collect();
+        for topic in &stale {
+            retained.remove(topic.as_str());
+        }
+        self.metrics.retained.store(retained.len() as u64, Relaxed);
+        stale.len()
     }
 
     /// Publishes the broker's own retained value on `topic` (a `$SYS` one).

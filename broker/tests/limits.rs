@@ -1,8 +1,9 @@
-//! Limits on what clients may make the broker hold: retained values (topics and bytes).
+//! Limits on what clients may make the broker hold: retained values (topics and bytes),
+//! connections.
 
 use serde_json::{json, Value};
 
-use crate::harness::{assert_err, live, sub, Broker, Client};
+use crate::harness::{assert_err, close, live, sub, Broker, Client, WAIT};
 
 /// A retained `pub` with `id`, answered.
 async fn retain(c: &mut Client, topic: &str, data: Value, id: u64) -> Value {
@@ -105,4 +106,55 @@ async fn past_the_retained_byte_limit_a_larger_value_is_refused() {
         retain(&mut p, "b/3", big, 5).await,
         json!({"op": "ok", "id": 5})
     );
+}
+
+/// Sends a WebSocket upgrade request by hand; returns the status line of the answer.
+async fn upgrade_status(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = vec![0; 512];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_an_upgrade_gets_503_until_a_slot_frees() {
+    let broker = Broker::with(|config| config.max_connections = 2);
+    let url = broker.url();
+    let mut first = Client::json(&url).await;
+    let mut second = Client::json(&url).await;
+    assert_eq!(
+        upgrade_status(broker.addr).await,
+        "HTTP/1.1 503 Service Unavailable"
+    );
+    assert_eq!(
+        broker.metric("breadboard_refused_connections_total").await,
+        1.0
+    );
+    // Plain HTTP is still served, and the clients connected still work.
+    assert_eq!(broker.http_get("/healthz").await.status, 200);
+    sub(&mut second, "t", 1).await;
+    assert_eq!(
+        retain(&mut first, "t", json!(1), 1).await,
+        json!({"op": "ok", "id": 1})
+    );
+    assert_eq!(second.recv().await["data"], 1);
+    // A slot frees when a client leaves.
+    close(&mut first).await;
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = upgrade_status(broker.addr).await;
+        if status.contains("101") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
 }

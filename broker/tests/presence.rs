@@ -208,3 +208,33 @@ async fn a_name_taken_over_as_its_holder_leaves_ends_online() {
         "only {decided} rounds were contested"
     );
 }
+
+#[tokio::test]
+async fn offline_names_are_forgotten_after_the_presence_ttl() {
+    let broker = Broker::with(|config| {
+        config.presence_ttl = Some(Duration::from_secs(1));
+        config.stats_interval = None;
+    });
+    let (mut watcher, mut node) = named_client(&broker, "ghost").await;
+    close(&mut node).await;
+    assert_goes_offline(&mut watcher, "ghost").await;
+    // Right after, a newcomer still gets the offline presence...
+    let mut early = Client::json(&broker.url()).await;
+    early
+        .send(json!({"op": "sub", "topic": "$SYS/nodes/+", "id": 1}))
+        .await;
+    assert_eq!(presence(&mut early, "ghost", true).await["online"], false);
+    // ...and once the TTL (checked every tenth of it) has passed, nothing.
+    let mut forgotten = false;
+    for _ in 0..250 {
+        if broker.metric("breadboard_retained_topics").await == 0.0 {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(forgotten, "the offline name is still retained");
+    let mut late = Client::json(&broker.url()).await;
+    sub(&mut late, "$SYS/nodes/+", 1).await;
+    assert_quiet(&mut late, 2).await;
+}

@@ -43,6 +43,13 @@ pub struct Args {
     /// Most bytes of retained values clients may keep (topic plus value as JSON, each).
     #[arg(long, default_value_t = broker::Config::default().max_retained_bytes)]
     pub max_retained_bytes: usize,
+    /// Most WebSocket connections at once (past it, HTTP 503). Default: the open-file limit
+    /// less a margin.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// How long an offline name's presence (`$SYS/nodes/<name>`) is kept (`24h`, `90m`...).
+    #[arg(long, default_value = "24h", value_parser = super::parse_duration)]
+    pub presence_ttl: Duration,
     /// Seconds between keepalive pings to a client; silent for twice this, it is dropped.
     #[arg(long, default_value_t = 30.0)]
     pub keepalive: f64,
@@ -78,6 +85,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         !args.write_deadline.is_zero(),
         "--write-deadline must be more than 0"
     );
+    anyhow::ensure!(
+        !args.presence_ttl.is_zero(),
+        "--presence-ttl must be more than 0"
+    );
     let stats = seconds("stats-interval", args.stats_interval)?;
     let config = broker::Config {
         name: args.name.unwrap_or_else(host_name),
@@ -88,6 +99,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         write_deadline: args.write_deadline,
         max_backlog_bytes: args.max_backlog_bytes,
         max_retained: args.max_retained,
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(broker::config::default_max_connections),
+        presence_ttl: Some(args.presence_ttl),
         max_retained_bytes: args.max_retained_bytes,
         keepalive,
         stats_interval: (!stats.is_zero()).then_some(stats),
