@@ -30,6 +30,7 @@ pub mod outbox;
 mod read_ahead;
 pub mod router;
 mod session;
+pub mod store;
 pub mod trie;
 mod writer;
 
