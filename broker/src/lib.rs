@@ -32,6 +32,7 @@ mod read_ahead;
 pub mod retained;
 pub mod router;
 mod session;
+pub mod store;
 pub mod trie;
 mod writer;
 
