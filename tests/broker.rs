@@ -220,6 +220,152 @@ async fn memory_does_not_grow_across_rounds_of_churn() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Durability
+
+/// A broker keeping its state in `dir`.
+fn broker_on(dir: &std::path::Path) -> Broker {
+    let dir = dir.to_str().expect("a UTF-8 temp path");
+    Broker::start(&["--stats-interval", "0", "--data-dir", dir])
+}
+
+/// Subscribes to `filter` and collects the retained replay (topic → data) until the `ok`.
+async fn replay(
+    broker: &Broker,
+    filter: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut c = Client::json(&broker.url()).await;
+    c.send(json!({"op": "sub", "topic": filter, "id": 1})).await;
+    let mut found = std::collections::BTreeMap::new();
+    loop {
+        let got = c.recv().await;
+        if got["op"] == "ok" {
+            return found;
+        }
+        assert_eq!(got["retained"], true, "{got}");
+        let topic = got["topic"].as_str().expect("a topic").to_owned();
+        found.insert(topic, got["data"].clone());
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_retained_values_survive_sigkill() {
+    // A publisher streams retained values on 20 topics, each `pub` with an id, answered `ok`
+    // only once durable; the broker is SIGKILLed at a moment that varies from run to run. On
+    // a restart over the same data directory, every topic holds the value last acknowledged,
+    // or one sent after it (written, but killed before its `ok` went out): never an older one.
+    const TOPICS: u64 = 20;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(7);
+    for run in 0..4u32 {
+        let mut broker = broker_on(dir.path());
+        let mut p = Client::json(&broker.url()).await;
+        hello(&mut p, "writer", "test", 0).await;
+        let mut acked = vec![None::<u64>; TOPICS as usize];
+        let mut sent = vec![None::<u64>; TOPICS as usize];
+        let kill_after = Duration::from_millis(150 + u64::from((seed >> run) % 350));
+        let started = Instant::now();
+        let mut seq = 0u64;
+        let mut in_flight = std::collections::VecDeque::new();
+        while started.elapsed() < kill_after && seq < 200_000 {
+            // 16 in flight, as a client that pipelines does.
+            let topic = seq % TOPICS;
+            let pub_ = json!({"op": "pub", "topic": format!("d/{topic}"), "data": seq, "retain": true, "id": seq + 1});
+            p.ws.send(Message::Text(pub_.to_string().into()))
+                .await
+                .expect("send");
+            sent[topic as usize] = Some(seq);
+            in_flight.push_back(seq);
+            seq += 1;
+            if in_flight.len() >= 16 {
+                let got = p.recv().await;
+                assert_eq!(got["op"], "ok", "{got}");
+                let id = got["id"].as_u64().expect("an id") - 1;
+                let topic = (id % TOPICS) as usize;
+                acked[topic] = acked[topic].max(Some(id));
+                in_flight.retain(|s| *s != id);
+            }
+        }
+        broker.proc.child.kill().expect("SIGKILL the broker");
+        let _ = broker.proc.wait_exit(WAIT);
+        let restarted = broker_on(dir.path());
+        let found = replay(&restarted, "d/#").await;
+        for topic in 0..TOPICS as usize {
+            let value = found.get(&format!("d/{topic}")).and_then(|v| v.as_u64());
+            match acked[topic] {
+                Some(acked) => assert!(
+                    value.is_some_and(|v| v >= acked && Some(v) <= sent[topic]),
+                    "run {run}, d/{topic}: acknowledged {acked}, sent up to {:?}, found {value:?}",
+                    sent[topic]
+                ),
+                // Never acknowledged: absent, or one of the values sent.
+                None => assert!(
+                    value.is_none() || value <= sent[topic],
+                    "run {run}, d/{topic}"
+                ),
+            }
+        }
+        // The writer was online when the broker died: it reads as a departure.
+        let names = replay(&restarted, "$SYS/nodes/+").await;
+        assert_eq!(names["$SYS/nodes/writer"]["online"], false, "run {run}");
+        println!(
+            "run {run}: killed after {kill_after:?} and {seq} retained pubs, {} acknowledged",
+            acked.iter().flatten().count()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_or_locked_data_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("store.redb");
+    let garbage = b"this is not a redb file, and it must be left as it is".repeat(100);
+    std::fs::write(&file, &garbage).expect("write garbage");
+    let dir_arg = dir.path().to_str().expect("a UTF-8 temp path");
+    let failed = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::bin())
+            .args(args)
+            .env("BREADBOARD_NO_MDNS", "1")
+            .output()
+            .expect("run the broker");
+        assert!(!out.status.success(), "the broker started anyway");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let args = [
+        "broker",
+        "-s",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--no-mdns",
+        "--data-dir",
+        dir_arg,
+    ];
+    let said = failed(&args);
+    assert!(
+        said.contains("corrupt") && said.contains(&file.display().to_string()),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("the file"),
+        garbage,
+        "the file was changed"
+    );
+
+    // Locked: a second broker on the directory of a running one.
+    std::fs::remove_file(&file).expect("remove the garbage");
+    let running = broker_on(dir.path());
+    let said = failed(&args);
+    assert!(
+        said.contains("locked") && said.contains(&file.display().to_string()),
+        "{said}"
+    );
+    drop(running);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shutdown
 
 /// Stops the broker with `signal` while clients are connected: each gets a close frame with

@@ -113,6 +113,13 @@ impl Lan {
         format!("{}-{host}", self.prefix)
     }
 
+    /// Where `host` keeps its state (removed with the LAN).
+    fn state_dir(&self, host: &str) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join(format!("{}-state", self.prefix))
+            .join(host)
+    }
+
     /// Adds a host with one interface per `(bridge, interface name, address/prefix)`.
     fn add_host(&mut self, host: &str, links: &[(&str, &str, &str)]) {
         let ns = self.ns(host);
@@ -163,7 +170,10 @@ impl Lan {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(host), bin()])
             .args(args)
-            .env_remove("BREADBOARD_NO_MDNS");
+            .env_remove("BREADBOARD_NO_MDNS")
+            // Hosts share this machine's file system: each keeps its state apart, as a host
+            // of its own would (brokers take their default data directory from here).
+            .env("XDG_STATE_HOME", self.state_dir(host));
         Proc::spawn(cmd)
     }
 
@@ -202,6 +212,8 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", self.prefix)));
         for ns in self.hosts.iter().chain(std::iter::once(&self.lan_ns)) {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])

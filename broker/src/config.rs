@@ -1,5 +1,6 @@
 //! What a broker can be told at start-up.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Broker settings. [`Config::default`] gives the documented defaults.
@@ -37,6 +38,11 @@ pub struct Config {
     pub max_connections: usize,
     /// How long an offline name's presence is kept before it is forgotten; `None`: forever.
     pub presence_ttl: Option<Duration>,
+    /// Where retained values and presence are kept across restarts; `None` keeps nothing on
+    /// disk.
+    pub data_dir: Option<PathBuf>,
+    /// How long the store gathers retained writes into one commit (one fsync).
+    pub commit_delay: Duration,
     /// How often the broker pings an idle client; one silent for twice this is dropped.
     pub keepalive: Duration,
     /// How often `$SYS/broker/stats` is published; `None` turns it off.
@@ -55,6 +61,8 @@ impl Default for Config {
             max_backlog_bytes: 1 << 30,
             read_buffer_bytes: 512,
             max_connections: default_max_connections(),
+            data_dir: None,
+            commit_delay: crate::store::DEFAULT_COMMIT_DELAY,
             presence_ttl: Some(Duration::from_secs(24 * 3600)),
             max_retained: 1_000_000,
             max_retained_bytes: 256 << 20,

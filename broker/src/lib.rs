@@ -46,6 +46,9 @@ pub enum Error {
     /// The listening socket failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The data directory cannot be used (locked by another broker, unreadable, corrupt).
+    #[error("data store: {0}")]
+    Store(#[from] store::StoreError),
 }
 
 /// The broker's result type.

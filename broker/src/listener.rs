@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::head::{Head, MAX_HEAD_BYTES};
 use crate::read_ahead::ReadAhead;
 use crate::router::Router;
+use crate::store::Store;
 use crate::{http, session, Result};
 
 /// How long a new connection may take to send its request head.
@@ -39,7 +40,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
     let addr = listener.local_addr()?;
     let config = Arc::new(config);
-    let router = Arc::new(Router::new(&config));
+    let router = Arc::new(open_router(&config).await?);
     let tracker = TaskTracker::new();
     let next_id = AtomicU64::new(1);
     let slots = Slots::new(config.max_connections);
@@ -84,8 +85,41 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     if timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close in time");
     }
+    // Every session has published its last presence: make it, and all else, durable.
+    let store = router.store().clone();
+    let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+    if let Ok(Err(e)) = flushed {
+        tracing::error!(error = %e, "the store could not be flushed at shutdown");
+    }
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// The router, with what the data directory holds (if the broker keeps one).
+///
+/// # Errors
+/// The store cannot be opened: locked, unreadable, corrupt.
+async fn open_router(config: &Config) -> Result<Router> {
+    let Some(dir) = config.data_dir.clone() else {
+        return Ok(Router::new(config, Store::in_memory()));
+    };
+    let delay = config.commit_delay;
+    let started = std::time::Instant::now();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, delay))
+        .await
+        .map_err(std::io::Error::other)?;
+    let (store, loaded) = opened?;
+    let counts = (loaded.retained.len(), loaded.presence.len());
+    let router = Router::new(config, store);
+    router.restore(loaded, crate::router::unix_ms());
+    tracing::info!(
+        path = ?router.store().path(),
+        retained = counts.0,
+        names = counts.1,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store opened"
+    );
+    Ok(router)
 }
 
 /// Reads the request head, as much of the stream as it takes (up to [`MAX_HEAD_BYTES`]).

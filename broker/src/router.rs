@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{Backlogs, Frame, Outbox, Outgoing};
 use crate::retained::{Limits, Retained, RetainedFull, RetainedTree};
+use crate::store::{self, Ack, Store};
 use crate::trie::Trie;
 
 /// Milliseconds since the Unix epoch, for presence timestamps.
@@ -98,12 +99,20 @@ pub struct Router {
     pub metrics: Arc<Metrics>,
     /// The broker-wide budget every client's outbox is part of.
     pub backlogs: Arc<Backlogs>,
+    /// Where retained values and presence are kept across restarts.
+    store: Store,
 }
 
 impl Default for Router {
     fn default() -> Self {
-        Self::new(&Config::default())
+        Self::new(&Config::default(), Store::in_memory())
     }
+}
+
+/// What a retained `pub` did to its topic's value, to be written to the store.
+enum Kept {
+    Set(Arc<Retained>),
+    Cleared,
 }
 
 /// A target with the encoding it reads now (a client may switch between frames).
@@ -112,8 +121,8 @@ fn with_encoding(outbox: &Arc<Outbox>) -> (&Arc<Outbox>, Encoding) {
 }
 
 impl Router {
-    /// A router with the limits of `config`.
-    pub fn new(config: &Config) -> Self {
+    /// A router with the limits of `config`, keeping retained values and presence in `store`.
+    pub fn new(config: &Config, store: Store) -> Self {
         let metrics = Arc::new(Metrics::default());
         Self {
             index: RwLock::default(),
@@ -125,34 +134,88 @@ impl Router {
             names: DashMap::new(),
             backlogs: Backlogs::new(config.max_backlog_bytes, metrics.clone()),
             metrics,
+            store,
         }
+    }
+
+    /// Whether retained values are written to disk (and a retained `pub` with an `id` is
+    /// answered only once its value is durable).
+    pub fn is_durable(&self) -> bool {
+        self.store.path().is_some()
+    }
+
+    /// The store, to flush it at shutdown.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes back what the store held at start: every retained value, and the last presence
+    /// of every name, those that were online turned offline since `start_ms` (a crash reads as
+    /// a departure). Values that no longer fit the limits are dropped, and said so.
+    pub fn restore(&self, loaded: store::Loaded, start_ms: u64) {
+        let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
+        for r in loaded.retained {
+            let Ok(topic) = TopicName::new(r.topic.as_str()) else {
+                tracing::warn!(topic = %r.topic, "store: a retained value on an invalid topic, dropped");
+                self.store.clear_retained(&r.topic, None);
+                continue;
+            };
+            let value = Retained::new(topic, r.data, r.from.as_deref(), r.updated_ms);
+            if let Err(full) = retained.insert(Arc::new(value)) {
+                tracing::warn!(topic = %r.topic, %full, "store: a retained value over the limits, dropped");
+                self.store.clear_retained(&r.topic, None);
+            }
+        }
+        for p in loaded.presence {
+            let Ok(topic) = TopicName::system(format!("{}/nodes/{}", proto::SYS_PREFIX, p.name))
+            else {
+                self.store.remove_presence(&p.name);
+                continue;
+            };
+            let mut value = p.value;
+            if value["online"] == true {
+                value["online"] = false.into();
+                value["since"] = start_ms.into();
+                self.store.put_presence(&p.name, &value);
+            }
+            let _ = retained.insert(Arc::new(Retained::new(topic, value, None, start_ms)));
+        }
+        self.metrics.retained.store(retained.len() as u64, Relaxed);
     }
 
     /// Delivers `p`, published by `from` (its `hello` name, if any), to every subscriber whose
     /// filters match its topic, once each, encoding it at most once per encoding in use; keeps
     /// it as the topic's retained value if it says so and the limits allow.
     pub fn publish(&self, p: &Publish<'_>, from: Option<&str>) -> Routed {
-        self.route(p, from, None)
+        self.route(p, from, None, None)
     }
 
     /// [`Router::publish`] for a client that publishes again and again: its last topic's
     /// subscribers are kept in `cache` and reused while no subscription anywhere changes,
-    /// instead of being looked up in the index for every message.
+    /// instead of being looked up in the index for every message. A retained value kept (or
+    /// cleared) is written to the store, and `durable`, if given, is called once it is on disk.
     pub fn publish_cached(
         &self,
         p: &Publish<'_>,
         from: Option<&str>,
         cache: &mut RouteCache,
+        durable: Option<Ack>,
     ) -> Routed {
-        self.route(p, from, Some(cache))
+        self.route(p, from, Some(cache), durable)
     }
 
-    fn route(&self, p: &Publish<'_>, from: Option<&str>, cache: Option<&mut RouteCache>) -> Routed {
+    fn route(
+        &self,
+        p: &Publish<'_>,
+        from: Option<&str>,
+        cache: Option<&mut RouteCache>,
+        durable: Option<Ack>,
+    ) -> Routed {
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
-        let refused = if p.retain {
-            self.retain(p, from).err()
-        } else {
-            None
+        let (kept, refused) = match p.retain.then(|| self.retain(p, from)) {
+            Some(Ok(kept)) => (Some(kept), None),
+            Some(Err(full)) => (None, Some(full)),
+            None => (None, None),
         };
         let topic = p.topic.as_str();
         let targets: SmallVec<[(&Arc<Outbox>, Encoding); 8]> = match cache {
@@ -203,18 +266,55 @@ impl Router {
         self.metrics
             .messages_out
             .fetch_add(delivered as u64, Relaxed);
+        // After the deliveries: a store that answers at once (in memory) must not answer the
+        // publisher before its message reached the subscribers.
+        if let Some(kept) = kept {
+            self.persist(p.topic.as_str(), kept, durable);
+        }
         Routed { delivered, refused }
     }
 
+    /// Writes what a retained `pub` did to the store: client topics as retained values,
+    /// `$SYS/nodes/<name>` as presence; the broker's other topics are not kept.
+    fn persist(&self, topic: &str, kept: Kept, durable: Option<Ack>) {
+        if let Some(rest) = topic.strip_prefix(proto::SYS_PREFIX) {
+            if let Some(name) = rest.strip_prefix("/nodes/") {
+                match kept {
+                    Kept::Set(value) => self.store.put_presence(name, value.data()),
+                    Kept::Cleared => self.store.remove_presence(name),
+                }
+            }
+            if let Some(ack) = durable {
+                ack(Ok(()));
+            }
+            return;
+        }
+        match kept {
+            Kept::Set(value) => self.store.put_retained(
+                topic,
+                value.data(),
+                value.from(),
+                value.updated_ms(),
+                durable,
+            ),
+            Kept::Cleared => self.store.clear_retained(topic, durable),
+        }
+    }
+
     /// Keeps (or, for `null`, clears) `p` as its topic's retained value.
-    fn retain(&self, p: &Publish<'_>, from: Option<&str>) -> Result<(), RetainedFull> {
+    fn retain(&self, p: &Publish<'_>, from: Option<&str>) -> Result<Kept, RetainedFull> {
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
         let result = if p.data.is_null() {
             retained.remove(p.topic.as_str());
-            Ok(())
+            Ok(Kept::Cleared)
         } else {
-            let value = Retained::new(p.topic.to_name(), p.data.to_value(), from, unix_ms());
-            retained.insert(Arc::new(value))
+            let value = Arc::new(Retained::new(
+                p.topic.to_name(),
+                p.data.to_value(),
+                from,
+                unix_ms(),
+            ));
+            retained.insert(value.clone()).map(|()| Kept::Set(value))
         };
         self.metrics.retained.store(retained.len() as u64, Relaxed);
         result
@@ -307,6 +407,9 @@ impl Router {
             .collect();
         for topic in &stale {
             retained.remove(topic.as_str());
+            if let Some(name) = topic.as_str().rsplit('/').next() {
+                self.store.remove_presence(name);
+            }
         }
         self.metrics.retained.store(retained.len() as u64, Relaxed);
         stale.len()
@@ -391,7 +494,7 @@ mod tests {
         let mut cache = RouteCache::default();
         let mut send = |t: &str| {
             router
-                .publish_cached(&Publish::new(topic(t), json!(1)), None, &mut cache)
+                .publish_cached(&Publish::new(topic(t), json!(1)), None, &mut cache, None)
                 .delivered
         };
         let (a, mut a_rx) = queue(&router, 1, 64, 1 << 20);
@@ -430,12 +533,12 @@ mod tests {
         let mut cache = RouteCache::default();
         let p = Publish::new(topic("t"), json!(1));
         assert_eq!(
-            router.publish_cached(&p, None, &mut cache).delivered,
+            router.publish_cached(&p, None, &mut cache, None).delivered,
             queues.len()
         );
         assert_eq!(cache.generation, None);
         assert_eq!(
-            router.publish_cached(&p, None, &mut cache).delivered,
+            router.publish_cached(&p, None, &mut cache, None).delivered,
             queues.len()
         );
     }

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::outbox::{Frame, Outbox};
 use crate::router::{RouteCache, Router};
+use crate::store::Ack;
 use crate::writer::Writer;
 
 /// At most this many frames already read are handled before the session looks at shutdown,
@@ -173,6 +174,24 @@ pub(crate) async fn serve<S>(
         .await;
     }
     metrics.connections.fetch_sub(1, Relaxed);
+}
+
+/// What answers a retained `pub` with `id` once the store has its value on disk: `ok`, or
+/// `err` with `store_failed`.
+fn answer_when_durable(outbox: Arc<Outbox>, id: u64) -> Ack {
+    Box::new(move |written| match written {
+        Ok(()) => {
+            outbox.reply(&ServerFrame::Ok { id });
+        }
+        Err(e) => {
+            let err = FrameError::new(
+                Some(id),
+                ErrorCode::StoreFailed,
+                format!("delivered, but not made durable: {e}"),
+            );
+            outbox.reply(&err.to_frame());
+        }
+    })
 }
 
 /// The write deadline: a client whose socket accepts nothing for this long while frames wait
@@ -424,7 +443,18 @@ impl Session {
             ClientFrame::Pub(p) => {
                 self.tally.messages_in += 1;
                 let from = self.name.as_ref().map(|(n, _)| n.as_str());
-                let routed = self.router.publish_cached(&p, from, &mut self.routes);
+                // Acknowledged means durable: with a store on disk, a retained `pub`'s `ok`
+                // comes from the store once its value is on disk.
+                let durable = match id {
+                    Some(id) if p.retain && self.router.is_durable() => {
+                        Some(answer_when_durable(self.outbox.clone(), id))
+                    }
+                    _ => None,
+                };
+                let answered_later = durable.is_some();
+                let routed = self
+                    .router
+                    .publish_cached(&p, from, &mut self.routes, durable);
                 if let Some(full) = routed.refused {
                     return Err(FrameError::new(
                         id,
@@ -432,7 +462,7 @@ impl Session {
                         format!("not retained (still delivered): {full}"),
                     ));
                 }
-                Ok(ok)
+                Ok(if answered_later { None } else { ok })
             }
             ClientFrame::Sub { topic, .. } => {
                 if !self.filters.contains(&topic)

@@ -37,11 +37,14 @@ pub enum ErrorCode {
     AlreadyNamed,
     /// A retained `pub` past the broker's limits on retained values (it is still delivered).
     RetainedFull,
+    /// A retained `pub` whose value could not be made durable (it was delivered and is held in
+    /// memory, but a restart may lose it).
+    StoreFailed,
 }
 
 impl ErrorCode {
     /// Every code, for metrics and documentation.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::BadFrame,
         Self::UnknownOp,
         Self::BadTopic,
@@ -54,6 +57,7 @@ impl ErrorCode {
         Self::NameTaken,
         Self::AlreadyNamed,
         Self::RetainedFull,
+        Self::StoreFailed,
     ];
 
     /// The wire form, such as `bad_topic`.
@@ -71,6 +75,7 @@ impl ErrorCode {
             Self::NameTaken => "name_taken",
             Self::AlreadyNamed => "already_named",
             Self::RetainedFull => "retained_full",
+            Self::StoreFailed => "store_failed",
         }
     }
 

@@ -1,6 +1,7 @@
 //! `breadboard broker`: binds the port, prints the address, runs until Ctrl-C or SIGTERM.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,6 +51,14 @@ pub struct Args {
     /// How long an offline name's presence (`$SYS/nodes/<name>`) is kept (`24h`, `90m`...).
     #[arg(long, default_value = "24h", value_parser = super::parse_duration)]
     pub presence_ttl: Duration,
+    /// Where retained values and presence are kept across restarts and crashes. Default: a
+    /// directory per broker name under `$XDG_STATE_HOME/breadboard/` (else
+    /// `~/.local/state/breadboard/`).
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: retained values and presence last as long as the process.
+    #[arg(long)]
+    pub in_memory: bool,
     /// Seconds between keepalive pings to a client; silent for twice this, it is dropped.
     #[arg(long, default_value_t = 30.0)]
     pub keepalive: f64,
@@ -67,6 +76,27 @@ pub fn host_name() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "breadboard".to_string())
+}
+
+/// `$XDG_STATE_HOME/breadboard/<name>`, else `~/.local/state/breadboard/<name>`.
+///
+/// # Errors
+/// Neither variable is set (or the name cannot be a directory name).
+pub fn default_data_dir(name: &str) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..",
+        "the broker name {name:?} cannot name a data directory: give --data-dir or --in-memory"
+    );
+    let state = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context(
+                "neither XDG_STATE_HOME nor HOME is set: give --data-dir or --in-memory",
+            )?;
+            PathBuf::from(home).join(".local").join("state")
+        }
+    };
+    Ok(state.join("breadboard").join(name))
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -90,8 +120,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "--presence-ttl must be more than 0"
     );
     let stats = seconds("stats-interval", args.stats_interval)?;
+    let name = args.name.unwrap_or_else(host_name);
+    let data_dir = match (args.in_memory, args.data_dir) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(dir),
+        (false, None) => Some(default_data_dir(&name)?),
+    };
     let config = broker::Config {
-        name: args.name.unwrap_or_else(host_name),
+        name,
+        data_dir,
         max_frame_bytes: args.max_frame_bytes,
         max_subscriptions: args.max_subscriptions,
         outbox_frames: args.outbox_frames,
@@ -127,6 +164,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let fullname = mdns.advertise(&advert)?;
         tracing::info!(%fullname, "advertised over mDNS");
+    }
+    if let Some(dir) = &config.data_dir {
+        tracing::info!(dir = %dir.display(), "retained values and presence kept on disk");
     }
     let served = broker::run(listener, config, shutdown).await;
     if let Some(mdns) = mdns {

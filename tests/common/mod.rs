@@ -147,6 +147,10 @@ impl Broker {
     pub fn start_on(port: u16, extra: &[&str]) -> Broker {
         let port = port.to_string();
         let mut args = vec!["broker", "-s", "127.0.0.1", "-p", &port, "--no-mdns"];
+        // Nothing on disk unless the test gives a data directory of its own.
+        if !extra.contains(&"--data-dir") {
+            args.push("--in-memory");
+        }
         args.extend_from_slice(extra);
         let proc = Proc::start(&args);
         let line = proc.expect_line("listening on ws://");
