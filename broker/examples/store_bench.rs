@@ -133,22 +133,23 @@ fn acked(window: u64, delay: Duration) -> Result<(f64, f64)> {
     let tmp = tempfile::tempdir()?;
     let (store, _) = Store::open(tmp.path(), delay)?;
     let (tx, rx) = mpsc::channel::<bool>();
-    let ack = |tx: &mpsc::Sender<bool>| -> Option<Ack> {
+    let put = |n: u64| {
         let tx = tx.clone();
-        Some(Box::new(move |r| {
+        let ack: Ack = Box::new(move |r| {
             let _ = tx.send(r.is_ok());
-        }))
+        });
+        store.put_retained(
+            &format!("bench/{}", n % TOPICS),
+            &value(n),
+            None,
+            n,
+            Some(ack),
+        );
     };
     let start = Instant::now();
     let mut sent = 0;
     while sent < window.min(WRITES) {
-        store.put_retained(
-            &format!("bench/{}", sent % TOPICS),
-            &value(sent),
-            None,
-            sent,
-            ack(&tx),
-        );
+        put(sent);
         sent += 1;
     }
     let mut acked = 0;
@@ -157,13 +158,7 @@ fn acked(window: u64, delay: Duration) -> Result<(f64, f64)> {
         assert!(ok, "a write failed");
         acked += 1;
         if sent < WRITES && start.elapsed() < MAX_RUN {
-            store.put_retained(
-                &format!("bench/{}", sent % TOPICS),
-                &value(sent),
-                None,
-                sent,
-                ack(&tx),
-            );
+            put(sent);
             sent += 1;
         }
     }
