@@ -12,8 +12,9 @@
 //! The methods that change the store are called from the broker's async code, under the router's
 //! locks, so they never touch the disk and never wait for it: each adds its operation to a
 //! pending set under a short mutex and returns. The pending set is keyed by topic and by name
-//! (the latest operation on a key wins), so its memory is bounded by the number of distinct keys;
-//! the acks of superseded operations are kept and called all the same.
+//! (the latest operation on a key wins), so its memory is bounded by the number of distinct keys
+//! (plus one ack per acknowledged write in flight, which the sessions bound); the acks of
+//! superseded operations are kept and called all the same.
 //!
 //! A writer thread (`store-writer`) waits at most `commit_delay` (a few ms) after the first
 //! operation of a batch, writes the whole batch in one redb write transaction with
@@ -191,7 +192,8 @@ pub enum StoreError {
 }
 
 /// A handle on the store: cheap to clone, shared by every part of the broker that writes to it.
-/// The last handle dropped flushes and stops the writer.
+/// Dropping the last handle flushes and joins the writer thread, which blocks for up to one
+/// commit: drop it where blocking is fine (after the runtime's tasks, or in `spawn_blocking`).
 #[derive(Clone)]
 pub struct Store {
     /// `None` for [`Store::in_memory`].
@@ -299,7 +301,7 @@ impl Store {
         };
         handle
             .shared
-            .submit(|ops| ops.retained(topic, Some(record)), ack);
+            .submit(writer::Op::Retained(topic, Some(record)), ack);
     }
 
     /// Clears the retained value of `topic`. Never blocks on the disk; `ack` is called once the
@@ -308,7 +310,7 @@ impl Store {
         let Some(handle) = &self.disk else {
             return ack_now(ack);
         };
-        handle.shared.submit(|ops| ops.retained(topic, None), ack);
+        handle.shared.submit(writer::Op::Retained(topic, None), ack);
     }
 
     /// Sets the last presence of `name` (its `$SYS/nodes/<name>` object). Never blocks on the
@@ -318,7 +320,7 @@ impl Store {
         match serde_json::to_vec(value) {
             Ok(json) => handle
                 .shared
-                .submit(|ops| ops.presence(name, Some(json)), None),
+                .submit(writer::Op::Presence(name, Some(json)), None),
             Err(e) => tracing::error!(name, error = %e, "store: cannot encode a presence"),
         }
     }
@@ -326,7 +328,7 @@ impl Store {
     /// Forgets the presence of `name`. Never blocks on the disk.
     pub fn remove_presence(&self, name: &str) {
         if let Some(handle) = &self.disk {
-            handle.shared.submit(|ops| ops.presence(name, None), None);
+            handle.shared.submit(writer::Op::Presence(name, None), None);
         }
     }
 

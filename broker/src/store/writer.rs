@@ -98,9 +98,9 @@ impl Shared {
         }
     }
 
-    /// Adds one operation (`op` updates the pending set) and its ack. Never waits for the disk:
-    /// the only wait is for the mutex, which the writer holds just long enough to swap the set.
-    pub(super) fn submit(&self, op: impl FnOnce(&mut PendingOps<'_>), ack: Option<Ack>) {
+    /// Adds one operation and its ack. Never waits for the disk: the only wait is for the
+    /// mutex, which the writer holds just long enough to swap the pending set.
+    pub(super) fn submit(&self, op: Op<'_>, ack: Option<Ack>) {
         let mut st = self.lock();
         if st.closing || st.stopped {
             drop(st);
@@ -109,11 +109,10 @@ impl Shared {
             }
             return;
         }
-        let State { pending, .. } = &mut *st;
-        op(&mut PendingOps {
-            retained: &mut pending.retained,
-            presence: &mut pending.presence,
-        });
+        match op {
+            Op::Retained(topic, record) => set(&mut st.pending.retained, topic, record),
+            Op::Presence(name, json) => set(&mut st.pending.presence, name, json),
+        }
         if let Some(ack) = ack {
             st.pending.acks.push(ack);
         }
@@ -170,20 +169,12 @@ impl Shared {
     }
 }
 
-/// The pending set as an operation sees it: set the latest value of a key.
-pub(super) struct PendingOps<'a> {
-    retained: &'a mut Ops<Record>,
-    presence: &'a mut Ops<Vec<u8>>,
-}
-
-impl PendingOps<'_> {
-    pub(super) fn retained(&mut self, topic: &str, op: Option<Record>) {
-        set(self.retained, topic, op);
-    }
-
-    pub(super) fn presence(&mut self, name: &str, op: Option<Vec<u8>>) {
-        set(self.presence, name, op);
-    }
+/// One change to the store: set (`Some`) or delete (`None`) the row of a key.
+pub(super) enum Op<'a> {
+    /// A topic's retained value.
+    Retained(&'a str, Option<Record>),
+    /// A name's presence, as JSON text.
+    Presence(&'a str, Option<Vec<u8>>),
 }
 
 /// The latest operation on a key wins; the key is copied only the first time it is seen.
@@ -308,17 +299,21 @@ impl Writer {
             st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
         if let Some(since) = st.since {
-            let due = since + shared.commit_delay;
+            // A delay too long to add up waits for a flush or the close.
+            let due = since.checked_add(shared.commit_delay);
             while !st.flush_asked && !st.closing {
                 let now = Instant::now();
-                if now >= due {
-                    break;
-                }
-                st = shared
-                    .work
-                    .wait_timeout(st, due - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+                st = match due {
+                    Some(due) if now >= due => break,
+                    Some(due) => {
+                        shared
+                            .work
+                            .wait_timeout(st, due - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                    None => shared.work.wait(st).unwrap_or_else(PoisonError::into_inner),
+                };
             }
         }
         let pending = std::mem::take(&mut st.pending);
