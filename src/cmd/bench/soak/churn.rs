@@ -31,7 +31,10 @@ use super::super::wire;
 /// How long one client may take, from connecting to closing; one slower counts as an error.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A name is given again only this long after it was last given: far longer than a client
-/// lives, so that its last holder is gone and the name free.
+/// lives, so that its last holder is gone and the name free. The broker keeps the offline
+/// presence of every name it has seen (about 1 KiB each), so ever-new names would grow its
+/// memory without bound; from a pool, the entries are all made within the shortest default
+/// warm-up (30 s), before memory is judged.
 const NAME_REUSE: Duration = Duration::from_secs(30);
 /// Clients alive at once, in seconds' worth of churn: past it, a second's clients are skipped
 /// (and counted) instead of piling up on a broker that cannot keep up.
