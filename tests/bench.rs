@@ -2,6 +2,7 @@
 //! it as JSON. Only that nothing is lost and that the report is well formed is checked here;
 //! the numbers themselves belong to the bench, not to tests.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -95,4 +96,58 @@ fn idle_connections_report_memory_per_connection() {
     assert_eq!(report["connected"], 50);
     assert!(report["rss_after"].as_u64().is_some_and(|b| b > 0));
     assert!(report["rss_per_conn"].is_number());
+}
+
+#[test]
+fn soak_loses_nothing_and_draws_its_samples() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{}", std::process::id()));
+    let svg = dir.join("soak.svg");
+    let svg_arg = svg.to_str().expect("a UTF-8 temporary path");
+    let (ok, out) = run(
+        &[
+            "bench",
+            "soak",
+            "--duration",
+            "5s",
+            "--churn",
+            "10",
+            "--rate",
+            "200",
+            "--subs",
+            "5",
+            // Five seconds are too few to judge memory by: only loss and the chart are checked.
+            "--band",
+            "4",
+            "--svg",
+            svg_arg,
+            "--json",
+        ],
+        Duration::from_secs(90),
+    );
+    let report: Value = serde_json::from_str(&out).expect("the report is JSON");
+    let stream = &report["stream"];
+    assert_eq!(stream["lost"], 0, "{stream}");
+    assert_eq!(stream["duplicates"], 0, "{stream}");
+    assert_eq!(stream["delivered"], 1000 * 5, "{stream}");
+    let churn = &report["churn"];
+    assert!(
+        churn["connections"].as_u64().is_some_and(|n| n > 0),
+        "{churn}"
+    );
+    assert_eq!(churn["errors"], 0, "{churn}");
+    assert_eq!(churn["lost"], 0, "{churn}");
+    assert_eq!(report["retained_left"], 0);
+    // A sample a second, and one after the load; the broker is a local child, so read.
+    let samples = report["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 5, "{samples:?}");
+    assert!(samples[1]["rss_bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(samples[1]["open_files"].as_u64().is_some_and(|n| n > 0));
+    assert!(ok, "bench soak failed: {out}");
+    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
+    assert!(
+        chart.starts_with("<svg") || chart.starts_with("<?xml"),
+        "{}",
+        &chart[..chart.len().min(200)]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

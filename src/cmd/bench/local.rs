@@ -1,6 +1,6 @@
 //! The broker under test when it runs on this machine: a `breadboard broker` child process on
 //! loopback (killed, by its own handle, when dropped), and what `/proc` says about a process's
-//! CPU time and resident memory.
+//! CPU time, resident memory and open files.
 //!
 //! The one module of the CLI with unsafe code: libc calls (`prctl` in the child before `exec`,
 //! `sysconf`, `getrlimit`/`setrlimit`), each with its safety argument beside it.
@@ -81,6 +81,50 @@ impl LocalBroker {
     }
 }
 
+/// Whether `breadboard broker --help` (this executable's) lists `flag`, so that the bench
+/// passes a flag that a newer broker knows and an older one would refuse. Runs `--help` once;
+/// a help that cannot be read counts as not listing it.
+pub async fn broker_lists_flag(flag: &str) -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
+    let help = Command::new(exe)
+        .args(["broker", "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(START_TIMEOUT, help).await {
+        Ok(Ok(out)) => lists_flag(&String::from_utf8_lossy(&out.stdout), flag),
+        _ => false,
+    }
+}
+
+/// Whether a `--help` text lists `flag` as a flag of its own (not as the start of a longer one).
+fn lists_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        let next = help[at + flag.len()..].chars().next();
+        !matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == '-')
+    })
+}
+
+/// The number of files process `pid` has open (entries of `/proc/<pid>/fd`).
+///
+/// # Errors
+/// The process is gone, or its `/proc` cannot be read (another user's process).
+pub fn open_files(pid: u32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// The resident memory of process `pid`, in bytes (`VmRSS`), without its CPU time.
+///
+/// # Errors
+/// The process is gone or `/proc` is not there.
+pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status_rss(&status).ok_or_else(|| invalid("status"))
+}
+
 /// CPU time (user + system) and resident memory of a process, read from `/proc`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
@@ -158,8 +202,7 @@ fn tasks_cpu(pid: &str, prefix: &str) -> Option<f64> {
 /// # Errors
 /// The process is gone or `/proc` is not there.
 pub fn usage(pid: u32) -> io::Result<Usage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_bytes = parse_status_rss(&status).ok_or_else(|| invalid("status"))?;
+    let rss_bytes = rss_bytes(pid)?;
     let cpu_s = match tasks_cpu(&pid.to_string(), "") {
         Some(cpu_s) => cpu_s,
         None => {
@@ -225,6 +268,25 @@ mod tests {
         let status = "Name:\tbreadboard\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t3\n";
         assert_eq!(parse_status_rss(status), Some(5120 * 1024));
         assert_eq!(parse_status_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn help_lists_a_flag_only_whole() {
+        let help = "Options:\n      --in-memory-cache  x\n      --no-mdns\n";
+        assert!(!lists_flag(help, "--in-memory"));
+        assert!(lists_flag(help, "--no-mdns"));
+        assert!(lists_flag(
+            "  --in-memory  Keep state in memory\n",
+            "--in-memory"
+        ));
+        assert!(lists_flag("  --in-memory", "--in-memory"));
+    }
+
+    #[test]
+    fn own_open_files_and_memory_are_readable() {
+        let pid = std::process::id();
+        assert!(open_files(pid).unwrap() >= 3);
+        assert!(rss_bytes(pid).unwrap() > 0);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - `bench --baseline relay`: the same workload against a bare tokio-tungstenite relay
 //!   ([`relay`]), and the ratio broker/relay.
 //! - `bench conns --count N`: the broker's resident memory per idle subscribed connection.
+//! - `bench soak --duration D`: a steady mixed load for a long time ([`soak`]): nothing may be
+//!   lost, and the broker's memory and open files must stay level.
 //!
 //! By default the broker is a child process started on loopback ([`local`]), so that its CPU
 //! time and memory are read from `/proc` apart from the client's. The client ([`wire`],
@@ -21,11 +23,13 @@
 //! ```
 
 mod conns;
+mod duration;
 mod frames;
 mod local;
 mod payload;
 mod relay;
 mod report;
+mod soak;
 mod wire;
 mod workload;
 
@@ -36,6 +40,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use proto::Encoding;
 
+use self::duration::parse_duration;
 use self::local::{LocalBroker, Usage};
 use self::report::{Latency, Outcome, Report, Workload};
 use self::workload::{Endpoint, Measured, Params};
@@ -54,7 +59,14 @@ pub struct Args {
 enum Command {
     /// Opens many idle subscribed connections and reports the broker's memory per connection.
     Conns(conns::Args),
+    /// Runs a steady mixed load (connection churn and a 1 → 50 stream) for a long time;
+    /// reports losses and whether the broker's memory and open files stayed level.
+    Soak(soak::Args),
 }
+
+/// Messages in flight (published, not yet received by every subscriber) unless `--window`
+/// says otherwise.
+const DEFAULT_WINDOW: u64 = 10_000;
 
 /// Which broker to measure.
 #[derive(clap::Args, Debug, Clone)]
@@ -62,8 +74,9 @@ pub struct TargetArgs {
     /// Measure the broker at this address (`ws://host:port`) instead of starting one.
     #[arg(long, value_name = "URL")]
     broker: Option<String>,
-    /// The process id of the broker given with `--broker`, to read its CPU time and memory.
-    #[arg(long, requires = "broker")]
+    /// The process id of the broker given with `--broker`, to read its CPU time, memory and
+    /// open files.
+    #[arg(long, visible_alias = "broker-pid", requires = "broker")]
     pid: Option<u32>,
     /// A flag for the broker the bench starts (repeat for several), such as
     /// `--broker-arg=--outbox-frames=16384`.
@@ -114,9 +127,9 @@ struct RunArgs {
     /// Latency mode: publish this many messages per second (over all publishers).
     #[arg(long)]
     rate: Option<f64>,
-    /// Latency mode: seconds to publish for.
-    #[arg(long, default_value_t = 5.0, requires = "rate")]
-    duration: f64,
+    /// Latency mode: how long to publish for (`5`, `5s`, `2m`; a plain number is seconds).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, requires = "rate")]
+    duration: Duration,
     /// How clients encode their frames.
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
@@ -129,13 +142,15 @@ struct RunArgs {
     /// Runs per target (alternating broker and baseline); the report gives medians.
     #[arg(long, default_value_t = 1)]
     runs: usize,
-    /// Most messages published and not yet received by every subscriber. Keep it below the
-    /// broker's `--outbox-frames`, or the broker rightly cuts subscribers off as slow.
-    #[arg(long, default_value_t = 4096)]
+    /// Most messages published and not yet received by every subscriber: what one subscriber's
+    /// queue at the broker may hold at most. A broker whose slow-consumer limit is lower rightly
+    /// cuts subscribers off as slow.
+    #[arg(long, default_value_t = DEFAULT_WINDOW)]
     window: u64,
-    /// Seconds after which a run stops, whatever it has delivered (losses are reported).
-    #[arg(long, default_value_t = 60.0)]
-    timeout: f64,
+    /// How long a run may take before it stops, whatever it has delivered (losses are
+    /// reported); a plain number is seconds.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -302,8 +317,10 @@ async fn run_relay(
 /// Bad flags, a broker that cannot be started or reached, or messages lost (after the report
 /// is printed).
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::Conns(conns)) = args.command {
-        return conns::run(conns).await;
+    match args.command {
+        Some(Command::Conns(conns)) => return conns::run(conns).await,
+        Some(Command::Soak(soak)) => return soak::run(soak).await,
+        None => {}
     }
     let a = args.run;
     anyhow::ensure!(
@@ -315,7 +332,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let msgs = match a.rate {
         Some(rate) => {
             anyhow::ensure!(rate > 0.0, "--rate must be more than 0");
-            (rate * a.duration).round() as u64
+            (rate * a.duration.as_secs_f64()).round() as u64
         }
         None => a.msgs,
     };
@@ -329,7 +346,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         encoding,
         window: a.window,
         rate: a.rate,
-        timeout: Duration::try_from_secs_f64(a.timeout).context("--timeout")?,
+        timeout: a.timeout,
     };
     let target = Target::open(&a.target).await?;
     let relay = match a.baseline {
