@@ -9,6 +9,8 @@
 //!   (presence).
 //! - [`outbox`]: each client's bounded outgoing queue ([`Outbox`](outbox::Outbox)), its byte
 //!   budget and encoding, the frames in it, and the hand-over to the writer.
+//! - [`store`]: retained values and presence on disk (redb, group commit), so that a
+//!   restarted or crashed broker comes back with them.
 //! - `http`: the dashboard, `/metrics`, `/healthz`.
 //! - [`metrics`]: the counters behind `/metrics` and `$SYS/broker/stats`.
 //! - `read_ahead`: a socket reader whose large buffer exists only while the connection is busy,
@@ -17,7 +19,8 @@
 //! ```text
 //!  TcpListener ─► listener ─┬─ HTTP GET ─► http (dashboard, /metrics, /healthz)
 //!                           └─ WebSocket ─► session ─► Router ─► Outbox of each subscriber
-//!                                                                 └─► its writer ─► socket
+//!                                                        │        └─► its writer ─► socket
+//!                                                        └─► store (retained, presence)
 //! ```
 //!
 //! Start one with [`run`]; the caller binds the listener and owns the shutdown token.

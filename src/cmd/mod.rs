@@ -116,6 +116,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration such as 90, 90s, 10m or 24h ({e})"))
 }
 
+/// Shows a duration the way [`parse_duration`] reads them: `2m`, `1h 30m`, `4s 250ms`
+/// (whole seconds from a minute up, milliseconds below).
+pub fn format_duration(d: Duration) -> String {
+    let rounded = if d >= Duration::from_secs(60) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +142,17 @@ mod tests {
         assert_eq!(parse_duration(" 1h 30m "), Ok(Duration::from_secs(5_400)));
         for bad in ["", "-1", "NaN", "ten", "10 parsecs", "1e400"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+    }
+
+    #[test]
+    fn durations_are_shown_as_they_are_read() {
+        assert_eq!(format_duration(Duration::from_secs_f64(120.004)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(5_400)), "1h 30m");
+        assert_eq!(format_duration(Duration::from_secs_f64(4.25)), "4s 250ms");
+        for d in [Duration::from_secs(90), Duration::from_secs(86_400)] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
     }
 

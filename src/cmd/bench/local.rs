@@ -38,7 +38,16 @@ impl LocalBroker {
         let exe = std::env::current_exe().context("cannot find the breadboard executable")?;
         let mut command = Command::new(exe);
         command
-            .args(["broker", "-s", "127.0.0.1", "-p", "0", "--no-mdns"])
+            // In memory: a bench keeps nothing, and benches side by side share no data directory.
+            .args([
+                "broker",
+                "-s",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--no-mdns",
+                "--in-memory",
+            ])
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -79,33 +88,6 @@ impl LocalBroker {
             addr,
         })
     }
-}
-
-/// Whether `breadboard broker --help` (this executable's) lists `flag`, so that the bench
-/// passes a flag that a newer broker knows and an older one would refuse. Runs `--help` once;
-/// a help that cannot be read counts as not listing it.
-pub async fn broker_lists_flag(flag: &str) -> bool {
-    let Ok(exe) = std::env::current_exe() else {
-        return false;
-    };
-    let help = Command::new(exe)
-        .args(["broker", "--help"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(START_TIMEOUT, help).await {
-        Ok(Ok(out)) => lists_flag(&String::from_utf8_lossy(&out.stdout), flag),
-        _ => false,
-    }
-}
-
-/// Whether a `--help` text lists `flag` as a flag of its own (not as the start of a longer one).
-fn lists_flag(help: &str, flag: &str) -> bool {
-    help.match_indices(flag).any(|(at, _)| {
-        let next = help[at + flag.len()..].chars().next();
-        !matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == '-')
-    })
 }
 
 /// The number of files process `pid` has open (entries of `/proc/<pid>/fd`).
@@ -268,18 +250,6 @@ mod tests {
         let status = "Name:\tbreadboard\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t3\n";
         assert_eq!(parse_status_rss(status), Some(5120 * 1024));
         assert_eq!(parse_status_rss("Name: x\n"), None);
-    }
-
-    #[test]
-    fn help_lists_a_flag_only_whole() {
-        let help = "Options:\n      --in-memory-cache  x\n      --no-mdns\n";
-        assert!(!lists_flag(help, "--in-memory"));
-        assert!(lists_flag(help, "--no-mdns"));
-        assert!(lists_flag(
-            "  --in-memory  Keep state in memory\n",
-            "--in-memory"
-        ));
-        assert!(lists_flag("  --in-memory", "--in-memory"));
     }
 
     #[test]

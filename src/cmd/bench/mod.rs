@@ -23,7 +23,6 @@
 //! ```
 
 mod conns;
-mod duration;
 mod frames;
 mod local;
 mod payload;
@@ -40,10 +39,10 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use proto::Encoding;
 
-use self::duration::parse_duration;
 use self::local::{LocalBroker, Usage};
 use self::report::{Latency, Outcome, Report, Workload};
 use self::workload::{Endpoint, Measured, Params};
+use super::parse_duration;
 
 /// Flags of `breadboard bench`.
 #[derive(clap::Args, Debug)]

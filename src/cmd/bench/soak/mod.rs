@@ -28,13 +28,12 @@ use proto::Encoding;
 use tokio_util::sync::CancellationToken;
 
 use self::report::{mib, Files, Memory, Report, Sample, Workload};
-use super::duration::{format_duration, parse_duration};
 use super::workload::{self, Endpoint, Params};
 use super::{local, outcome, payload, EncodingArg, Target, TargetArgs, DEFAULT_WINDOW};
+use crate::cmd::{format_duration, parse_duration};
 
 /// The flag of `breadboard broker` that keeps its state in memory, passed to the broker the
 /// soak starts when that broker knows it.
-const IN_MEMORY: &str = "--in-memory";
 /// Longest soak accepted: a week of samples is about 600 000 of them.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
 /// Most churn clients a second.
@@ -230,11 +229,9 @@ fn progress_bar(duration: Duration, quiet: bool) -> ProgressBar {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.check()?;
     let warmup = args.warmup();
-    let mut target_args = args.target.clone();
-    let in_memory = target_args.broker.is_none() && local::broker_lists_flag(IN_MEMORY).await;
-    if in_memory {
-        target_args.broker_args.push(IN_MEMORY.into());
-    }
+    let target_args = args.target.clone();
+    // A broker the soak starts itself keeps nothing on disk.
+    let in_memory = target_args.broker.is_none();
     let target = Target::open(&target_args).await?;
     let probe = Probe { pid: target.pid };
     tokio::time::sleep(Duration::from_millis(300)).await;

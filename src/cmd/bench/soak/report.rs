@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
-use super::super::duration::format_duration;
 use super::super::report::Outcome;
 use super::churn;
+use crate::cmd::format_duration;
 
 /// What was measured in one second of the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
