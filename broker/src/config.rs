@@ -76,7 +76,7 @@ impl Default for Config {
 /// the data store, logs.
 const FD_MARGIN: u64 = 64;
 
-/// What the process's open-file limit allows in connections, less [`FD_MARGIN`].
+/// What the process's open-file limit allows in connections, less a margin (64).
 pub fn default_max_connections() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current

@@ -139,7 +139,7 @@ const REPORT_STEP: usize = 64 * 1024;
 
 /// The broker-wide budget for every client's backlog together, and the outboxes it can cut.
 ///
-/// Each outbox reports its backlog here in steps of [`REPORT_STEP`]; when the total passes the
+/// Each outbox reports its backlog here in steps of 64 KiB; when the total passes the
 /// budget, the largest backlogs are cut off first until the rest fits.
 #[derive(Debug)]
 pub struct Backlogs {
