@@ -324,14 +324,34 @@ async fn a_corrupt_or_locked_data_directory_is_a_clear_error() {
     let garbage = b"this is not a redb file, and it must be left as it is".repeat(100);
     std::fs::write(&file, &garbage).expect("write garbage");
     let dir_arg = dir.path().to_str().expect("a UTF-8 temp path");
+    // The broker must refuse to start, and say why on stderr, within WAIT.
     let failed = |args: &[&str]| {
-        let out = std::process::Command::new(crate::common::bin())
+        let mut child = std::process::Command::new(crate::common::bin())
             .args(args)
             .env("BREADBOARD_NO_MDNS", "1")
-            .output()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("run the broker");
-        assert!(!out.status.success(), "the broker started anyway");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("the broker's status") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the broker started anyway: {args:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "the broker exited successfully");
+        let mut said = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+        }
+        said
     };
     let args = [
         "broker",

@@ -23,7 +23,9 @@
 //!                                                        └─► store (retained, presence)
 //! ```
 //!
-//! Start one with [`run`]; the caller binds the listener and owns the shutdown token.
+//! Start one with [`run`] (or [`Broker::open`], then [`Broker::serve`], to have the data
+//! directory opened before a port is bound); the caller binds the listener and owns the
+//! shutdown token.
 
 pub mod config;
 pub mod head;
@@ -40,7 +42,7 @@ pub mod trie;
 mod writer;
 
 pub use config::Config;
-pub use listener::run;
+pub use listener::{run, Broker};
 
 /// What can stop a broker.
 #[derive(Debug, thiserror::Error)]

@@ -30,17 +30,53 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
-/// Serves clients accepted on `listener` until `shutdown` is cancelled, then closes every
-/// connection (with a close frame) and returns.
+/// Opens the broker's store and serves clients accepted on `listener` until `shutdown` is
+/// cancelled, then closes every connection (with a close frame) and returns: [`Broker::open`]
+/// then [`Broker::serve`].
 ///
 /// The caller binds the listener, so tests can use port 0 and read the address back.
 ///
 /// # Errors
-/// Only if the listener's address cannot be read; failures of single connections are logged.
+/// The data directory cannot be used, or the listener's address cannot be read; failures of
+/// single connections are logged.
 pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
+    Broker::open(config).await?.serve(listener, shutdown).await
+}
+
+/// A broker whose store is open, ready to serve.
+#[derive(Debug)]
+pub struct Broker {
+    router: Arc<Router>,
+    config: Arc<Config>,
+}
+
+impl Broker {
+    /// Opens the data directory, if the broker keeps one, and takes back what it holds: done
+    /// before binding a port, a locked, unreadable or corrupt directory stops the start.
+    ///
+    /// # Errors
+    /// [`Error::Store`](crate::Error::Store), naming the file.
+    pub async fn open(config: Config) -> Result<Self> {
+        let router = Arc::new(open_router(&config).await?);
+        Ok(Self {
+            router,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Serves clients accepted on `listener` until `shutdown` is cancelled, then closes every
+    /// connection (with a close frame), makes the store durable and returns.
+    ///
+    /// # Errors
+    /// Only if the listener's address cannot be read.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        serve(self, listener, shutdown).await
+    }
+}
+
+async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    let Broker { router, config } = broker;
     let addr = listener.local_addr()?;
-    let config = Arc::new(config);
-    let router = Arc::new(open_router(&config).await?);
     let tracker = TaskTracker::new();
     let next_id = AtomicU64::new(1);
     let slots = Slots::new(config.max_connections);

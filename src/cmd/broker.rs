@@ -145,6 +145,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats_interval: (!stats.is_zero()).then_some(stats),
         ..broker::Config::default()
     };
+    // The data directory is opened before anything is bound: a locked or corrupt one stops
+    // the start, and `listening on` means ready.
+    if let Some(dir) = &config.data_dir {
+        tracing::info!(dir = %dir.display(), "retained values and presence kept on disk");
+    }
+    let broker = broker::Broker::open(config.clone())
+        .await
+        .context("cannot start the broker")?;
     // Interfaces are checked before anything is bound: a typo fails at once.
     let mdns = args.mdns.start()?;
     let shutdown = super::shutdown_on_signal()?;
@@ -165,10 +173,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let fullname = mdns.advertise(&advert)?;
         tracing::info!(%fullname, "advertised over mDNS");
     }
-    if let Some(dir) = &config.data_dir {
-        tracing::info!(dir = %dir.display(), "retained values and presence kept on disk");
-    }
-    let served = broker::run(listener, config, shutdown).await;
+    let served = broker.serve(listener, shutdown).await;
     if let Some(mdns) = mdns {
         // Goodbye packets: peers see the broker leave in about a second, not 120 s.
         mdns.shutdown().await;

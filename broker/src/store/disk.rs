@@ -59,14 +59,16 @@ pub(super) fn open(path: &Path) -> Result<(Database, Loaded), StoreError> {
 /// Opens the redb database in `path`, creating the file if it is missing or empty. It does not
 /// check the format: [`open`] does, and the writer's reopen after a failed commit need not.
 pub(super) fn open_db(path: &Path) -> Result<Database, StoreError> {
-    if let Ok(meta) = std::fs::metadata(path) {
-        if !meta.is_file() {
+    let existed = match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
             return Err(StoreError::Io {
                 path: path.to_owned(),
                 source: std::io::Error::other("not a regular file"),
             });
         }
-    }
+        Ok(meta) => meta.len() > 0,
+        Err(_) => false,
+    };
     let repair_path = path.to_owned();
     let mut builder = Database::builder();
     builder
@@ -75,7 +77,9 @@ pub(super) fn open_db(path: &Path) -> Result<Database, StoreError> {
         .create_with_file_format_v3(true)
         .set_cache_size(CACHE_BYTES)
         .set_repair_callback(move |session| {
-            if session.progress() == 0.0 {
+            // redb runs its repair on a file it has just created, too: only an existing file was
+            // left by a crash.
+            if existed && session.progress() == 0.0 {
                 tracing::warn!(path = %repair_path.display(), "store was not closed cleanly; repairing it");
             }
         });
