@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use rmp::Marker;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::envelope::{not_an_object, set, validate, Envelope, IdOnly};
@@ -44,13 +44,25 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<ClientFrame<'_>, FrameError> 
     if !is_map(bytes) {
         return Err(not_an_object());
     }
-    let env: Envelope<'_, Value> = rmp_serde::from_slice(bytes).map_err(|e| {
-        let id = rmp_serde::from_slice::<IdOnly>(bytes)
-            .ok()
-            .and_then(|i| i.id);
+    let env: Envelope<'_, Value> = from_slice(bytes).map_err(|e| {
+        let id = from_slice::<IdOnly>(bytes).ok().and_then(|i| i.id);
         FrameError::new(id, ErrorCode::BadFrame, format!("invalid MessagePack: {e}"))
     })?;
     validate(env, |data| Data::from(data.unwrap_or(Value::Null)))
+}
+
+/// Deepest nesting rmp_serde reads, the frame's own map included: serde_json's limit, so that
+/// both encodings carry the same objects. rmp_serde's own (1024) let a MessagePack publisher's
+/// data through that JSON subscribers could not read.
+const MAX_NESTING: usize = 128;
+
+/// `rmp_serde::from_slice`, with serde_json's nesting limit ([`MAX_NESTING`]).
+pub(crate) fn from_slice<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_NESTING);
+    T::deserialize(&mut de)
 }
 
 /// Whether the bytes hold a map, judging by the first: fixmap, map 16, map 32.
