@@ -20,6 +20,9 @@
 //!
 //! Feature `ws`: [`Encoded`] converts into tungstenite's WebSocket `Message`, so that every
 //! crate maps an encoding onto a WebSocket message the same way.
+//!
+//! Feature `fuzzing`: exposes the serde-only reference decoder (hidden, not part of the API) to
+//! the fuzz targets in `fuzz/`, which hold the quick readers to it.
 
 pub mod codec;
 pub mod data;

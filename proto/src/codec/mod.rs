@@ -128,8 +128,26 @@ impl ServerFrame<'static, Value> {
     pub fn decode(bytes: &[u8], enc: Encoding) -> Result<Self, DecodeError> {
         Ok(match enc {
             Encoding::Json => serde_json::from_slice(bytes)?,
-            Encoding::MsgPack => rmp_serde::from_slice(bytes)?,
+            Encoding::MsgPack => msgpack::from_slice(bytes)?,
         })
+    }
+}
+
+/// [`ClientFrame::decode`] through the encoding's serde library and a [`Value`] alone, never the
+/// quick readers: the reference they are held to.
+///
+/// Public only with the `fuzzing` feature, for the fuzz targets in `fuzz/` (a separate crate,
+/// which must see the reference to check that both paths agree, as the property tests below
+/// do); not part of the API.
+///
+/// # Errors
+/// As [`ClientFrame::decode`].
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub fn decode_value(bytes: &[u8], enc: Encoding) -> Result<ClientFrame<'_>, FrameError> {
+    match enc {
+        Encoding::Json => json::decode_value(bytes),
+        Encoding::MsgPack => msgpack::decode_value(bytes),
     }
 }
 
@@ -163,10 +181,7 @@ mod tests {
 
     /// The ordinary path of `enc`, through its serde library and a `Value`.
     fn value_path(bytes: &[u8], enc: Encoding) -> Result<ClientFrame<'_>, FrameError> {
-        match enc {
-            Encoding::Json => json::decode_value(bytes),
-            Encoding::MsgPack => msgpack::decode_value(bytes),
-        }
+        decode_value(bytes, enc)
     }
 
     fn code(s: &str) -> (Option<u64>, ErrorCode) {
@@ -414,6 +429,76 @@ mod tests {
             msg("a", p.data.as_ref(), Some("p"), None, false).encode(Encoding::MsgPack),
             msg("a", Data::from(&value), Some("p"), None, false).encode(Encoding::MsgPack)
         );
+    }
+
+    /// A `pub` of `null` nested in `depth` arrays, in `enc`.
+    fn nested_pub(depth: usize, enc: Encoding) -> Vec<u8> {
+        match enc {
+            Encoding::Json => format!(
+                r#"{{"op":"pub","topic":"d","data":{}null{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+            .into_bytes(),
+            Encoding::MsgPack => {
+                let mut out = b"\x83\xa2op\xa3pub\xa5topic\xa1d\xa4data".to_vec();
+                out.extend(std::iter::repeat_n(0x91, depth));
+                out.push(0xc0);
+                out
+            }
+        }
+    }
+
+    // Found by fuzzing (`fuzz/`, client_frame_msgpack): rmp_serde allows 1024 levels, serde_json
+    // 128, so a MessagePack publisher's deep data reached JSON subscribers as text they could
+    // not read.
+    #[test]
+    fn data_nests_as_deep_in_both_encodings() {
+        for depth in [1, 100, 126, 127, 128, 129, 200, 1000] {
+            let text = nested_pub(depth, Encoding::Json);
+            let json = ClientFrame::decode(&text, Encoding::Json);
+            let bytes = nested_pub(depth, Encoding::MsgPack);
+            let msgpack = ClientFrame::decode(&bytes, Encoding::MsgPack);
+            assert_eq!(
+                json.is_ok(),
+                msgpack.is_ok(),
+                "{depth}: {json:?} {msgpack:?}"
+            );
+            assert_eq!(json.as_ref().ok(), msgpack.as_ref().ok(), "{depth}");
+            assert_eq!(msgpack, value_path(&bytes, Encoding::MsgPack), "{depth}");
+            if let Err(e) = msgpack {
+                assert_eq!((e.id, e.code), (None, ErrorCode::BadFrame), "{depth}");
+            }
+        }
+        // 127 levels in all, the frame's own included.
+        let accepted = |depth| {
+            ClientFrame::decode(&nested_pub(depth, Encoding::MsgPack), Encoding::MsgPack).is_ok()
+        };
+        assert!(accepted(126));
+        assert!(!accepted(127));
+    }
+
+    // Found by fuzzing (server_frame): the same on the client side.
+    #[test]
+    fn server_frames_nest_as_deep_in_both_encodings() {
+        for depth in [126, 127, 128, 200] {
+            let mut data = Value::Null;
+            for _ in 0..depth {
+                data = Value::Array(vec![data]);
+            }
+            let frame = msg("d", data, None, None, false);
+            // Encoding has no limit; decoding has the same in both encodings.
+            let json = ServerFrame::decode(frame.encode(Encoding::Json).as_bytes(), Encoding::Json);
+            let msgpack = ServerFrame::decode(
+                frame.encode(Encoding::MsgPack).as_bytes(),
+                Encoding::MsgPack,
+            );
+            assert_eq!(
+                json.is_ok(),
+                msgpack.is_ok(),
+                "{depth}: {json:?} {msgpack:?}"
+            );
+        }
     }
 
     #[test]

@@ -51,8 +51,22 @@ impl envelope::Serde for MsgPack {
     }
 
     fn read<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
-        rmp_serde::from_slice(bytes).map_err(|e| format!("invalid MessagePack: {e}"))
+        from_slice(bytes).map_err(|e| format!("invalid MessagePack: {e}"))
     }
+}
+
+/// Deepest nesting rmp_serde reads, the frame's own map included: serde_json's limit, so that
+/// both encodings carry the same objects. rmp_serde's own (1024) let a MessagePack publisher's
+/// data through that JSON subscribers could not read.
+const MAX_NESTING: usize = 128;
+
+/// `rmp_serde::from_slice`, with serde_json's nesting limit ([`MAX_NESTING`]).
+pub(crate) fn from_slice<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_NESTING);
+    T::deserialize(&mut de)
 }
 
 /// Whether the bytes hold a map, judging by the first: fixmap, map 16, map 32.
