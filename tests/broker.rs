@@ -219,6 +219,52 @@ async fn memory_does_not_grow_across_rounds_of_churn() {
     );
 }
 
+#[tokio::test]
+async fn out_of_file_descriptors_the_broker_backs_off_and_recovers() {
+    // The broker's open-file limit lowered to 48 once it runs (util-linux's prlimit), and far
+    // more connections opened than that: its accept loop runs out of descriptors. Once they
+    // are closed, it must serve again.
+    let broker = Broker::start(&["--stats-interval", "0", "--max-connections", "1000"]);
+    let pid = broker.proc.child.id().to_string();
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=48:48"])
+        .status();
+    if !lowered.is_ok_and(|s| s.success()) {
+        let msg = "prlimit (util-linux) is needed to lower the broker's open-file limit";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        held.push(TcpStream::connect(broker.addr).await.expect("connect"));
+    }
+    // Some of these hold the broker's last descriptors, the rest wait in its accept queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    let mut c = None;
+    for _ in 0..100 {
+        if let Ok(Ok((ws, _))) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio_tungstenite::connect_async(broker.url()),
+        )
+        .await
+        {
+            c = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        c.is_some(),
+        "the broker did not serve again once descriptors were free"
+    );
+    let mut client = Client::json(&broker.url()).await;
+    sub(&mut client, "after", 1).await;
+    assert_quiet(&mut client, 2).await;
+    assert_eq!(broker.metric("breadboard_connections").await, 2.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Durability
 
