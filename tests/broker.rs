@@ -79,12 +79,7 @@ async fn a_stuck_client_cannot_pile_up_replays_past_its_outbox() {
     let url = broker.url();
     let mut p = Client::json(&url).await;
     retain_many(&mut p, "r", TOPICS).await;
-    let rss = || {
-        broker
-            .proc
-            .rss_bytes()
-            .expect("the broker's resident memory")
-    };
+    let rss = || broker.rss();
     let base = rss();
     let mut peak = base;
 
@@ -190,12 +185,7 @@ async fn memory_does_not_grow_across_rounds_of_churn() {
     const ROUNDS: usize = 10;
     const SLACK: u64 = 4 << 20;
     let broker = Broker::start(&["--stats-interval", "0"]);
-    let rss = || {
-        broker
-            .proc
-            .rss_bytes()
-            .expect("the broker's resident memory")
-    };
+    let rss = || broker.rss();
     let base = rss();
     let mut after = Vec::new();
     for _ in 0..ROUNDS {

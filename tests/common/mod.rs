@@ -162,6 +162,11 @@ impl Broker {
         Broker { proc, addr }
     }
 
+    /// The broker's resident memory now, in bytes.
+    pub fn rss(&self) -> u64 {
+        self.proc.rss_bytes().expect("the broker's resident memory")
+    }
+
     /// `ws://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)

@@ -80,6 +80,12 @@ impl Broker {
     pub async fn metric(&self, name: &str) -> f64 {
         client::metric(self.addr, name).await
     }
+
+    /// Clients cut off as slow consumers so far.
+    pub async fn slow_consumers(&self) -> f64 {
+        self.metric("breadboard_slow_consumer_disconnects_total")
+            .await
+    }
 }
 
 impl Default for Broker {
