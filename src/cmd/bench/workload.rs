@@ -398,7 +398,33 @@ fn publish_paced(
         shared.written.fetch_add(1, SeqCst);
         seq += 1;
     }
-    Ok((seq, Instant::now()))
+    let end = Instant::now();
+    close_paced(stream);
+    Ok((seq, end))
+}
+
+/// Ends a paced publisher's connection so that the broker reads every frame it was sent.
+///
+/// This thread never reads, so the broker's keepalive pings wait unread in its socket; closing a
+/// socket with unread data sends a reset, and a reset makes the broker's kernel drop what it has
+/// not read yet: the last messages would be lost on the way, by the client. So: no more writes
+/// (the broker reads up to that end, then closes), and what it sent is drained, for a bounded
+/// time, before the socket is closed.
+fn close_paced(mut stream: std::net::TcpStream) {
+    use std::io::Read;
+    const LINGER: Duration = Duration::from_secs(2);
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(LINGER));
+    let until = Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Reads and discards what the broker sends a publisher (answering pings).
