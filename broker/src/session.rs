@@ -317,10 +317,16 @@ impl Session {
             match event {
                 Event::End(ending) => return ending,
                 Event::Ping => {
-                    if last_seen.elapsed() > keepalive * 2 {
+                    let silent = last_seen.elapsed();
+                    if silent > keepalive * 2 {
                         return Ending::close(CloseCode::Away, "keepalive timeout");
                     }
-                    self.outbox.push(Frame::ping());
+                    // A client heard from lately needs no ping: one that publishes and never
+                    // reads would only pile them up unread (and closing a socket with unread
+                    // data resets it, losing what the broker had not read yet).
+                    if silent >= keepalive / 2 {
+                        self.outbox.push(Frame::ping());
+                    }
                 }
                 Event::Frame(frame) => {
                     last_seen = Instant::now();
