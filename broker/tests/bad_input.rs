@@ -117,6 +117,8 @@ fn refusals() -> Vec<Refusal> {
         bad_frame("an empty binary", binary(Vec::new())),
         bad_frame("a MessagePack map cut short", binary(vec![0x82, 0xa2, b'o', b'p'])),
         bad_frame("a MessagePack map16 without its length", binary(vec![0xde, 0xff])),
+        // {"op": "ping"} then nil: nothing may follow a frame, as in JSON.
+        bad_frame("MessagePack with bytes after it", binary(b"\x81\xa2op\xa4ping\xc0".to_vec())),
         // Not an object.
         bad_frame("a JSON number", text("42")),
         bad_frame("a JSON string", text("\"ping\"")),

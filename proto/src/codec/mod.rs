@@ -317,6 +317,18 @@ mod tests {
     }
 
     #[test]
+    fn trailing_bytes_are_a_bad_frame_in_both_encodings() {
+        let mut msgpack = rmp_serde::to_vec_named(&json!({"op": "ping", "id": 7})).unwrap();
+        msgpack.push(0xc0);
+        let e = ClientFrame::decode(&msgpack, Encoding::MsgPack).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame, "{e}");
+        assert!(e.message.contains("trailing"), "{e}");
+        let e = decode_json(r#"{"op":"ping","id":7} null"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame, "{e}");
+        assert!(ServerFrame::decode(&msgpack, Encoding::MsgPack).is_err());
+    }
+
+    #[test]
     fn bad_messagepack_is_a_bad_frame() {
         for bytes in [&[0xc1u8][..], &[0x92, 0x01][..], &[][..], &[0xde, 0xff][..]] {
             let e = ClientFrame::decode(bytes, Encoding::MsgPack).unwrap_err();

@@ -60,13 +60,27 @@ impl envelope::Serde for MsgPack {
 /// data through that JSON subscribers could not read.
 const MAX_NESTING: usize = 128;
 
-/// `rmp_serde::from_slice`, with serde_json's nesting limit ([`MAX_NESTING`]).
+/// `rmp_serde::from_slice`, with serde_json's nesting limit ([`MAX_NESTING`]) and, as
+/// serde_json, nothing allowed after the value (rmp_serde alone ignores trailing bytes).
 pub(crate) fn from_slice<'de, T: Deserialize<'de>>(
     bytes: &'de [u8],
 ) -> Result<T, rmp_serde::decode::Error> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_NESTING);
-    T::deserialize(&mut de)
+    let value = T::deserialize(&mut de)?;
+    // The borrowing reader does not tell where it stopped: skipping the value once more with
+    // one that does tells its length. Only the ordinary path gets here, never the usual frame.
+    let mut skip = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    skip.set_max_depth(MAX_NESTING);
+    serde::de::IgnoredAny::deserialize(&mut skip)?;
+    let used = usize::try_from(skip.position()).unwrap_or(usize::MAX);
+    if used < bytes.len() {
+        return Err(rmp_serde::decode::Error::Syntax(format!(
+            "{} trailing bytes after the frame",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
 }
 
 /// Whether the bytes hold a map, judging by the first: fixmap, map 16, map 32.
