@@ -5,7 +5,7 @@
 //! that the same port serves the dashboard and the metrics as well as WebSocket clients.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::head::{Head, MAX_HEAD_BYTES};
+use crate::metrics::Metrics;
 use crate::read_ahead::ReadAhead;
 use crate::router::Router;
 use crate::store::Store;
@@ -79,7 +80,7 @@ async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToke
     let addr = listener.local_addr()?;
     let tracker = TaskTracker::new();
     let next_id = AtomicU64::new(1);
-    let slots = Slots::new(config.max_connections);
+    let slots = Slots::new(config.max_connections, router.metrics.clone());
     tracing::info!(%addr, name = %config.name, max_connections = config.max_connections, "broker listening");
 
     if let Some(every) = config.stats_interval {
@@ -187,26 +188,29 @@ struct Shared {
 }
 
 /// The WebSocket sessions the broker may hold at once (`max_connections`): one is taken before
-/// anything of a session exists, and given back when it ends.
+/// anything of a session exists, and given back when it ends. The count taken is the
+/// `connections` gauge itself, so the limit and `/metrics` cannot disagree.
 struct Slots {
-    taken: AtomicUsize,
-    max: usize,
+    metrics: Arc<Metrics>,
+    max: u64,
 }
 
 impl Slots {
-    fn new(max: usize) -> Arc<Self> {
+    fn new(max: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            taken: AtomicUsize::new(0),
-            max,
+            metrics,
+            max: u64::try_from(max).unwrap_or(u64::MAX),
         })
     }
 
     /// A slot, unless all are taken.
     fn take(self: &Arc<Self>) -> Option<Slot> {
-        if self.taken.fetch_add(1, Relaxed) >= self.max {
-            self.taken.fetch_sub(1, Relaxed);
+        let open = &self.metrics.connections;
+        if open.fetch_add(1, Relaxed) >= self.max {
+            open.fetch_sub(1, Relaxed);
             return None;
         }
+        self.metrics.connections_total.fetch_add(1, Relaxed);
         Some(Slot(self.clone()))
     }
 }
@@ -216,7 +220,7 @@ struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.taken.fetch_sub(1, Relaxed);
+        self.0.metrics.connections.fetch_sub(1, Relaxed);
     }
 }
 

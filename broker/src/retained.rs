@@ -290,13 +290,6 @@ impl RetainedTree {
         self.root.collect(&levels, true, &mut out);
         out
     }
-
-    /// Every value held.
-    pub fn all(&self) -> Vec<Arc<Retained>> {
-        let mut out = Vec::new();
-        self.root.collect_all(&mut out);
-        out
-    }
 }
 
 #[cfg(test)]

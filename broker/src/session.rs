@@ -116,15 +116,12 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let metrics = router.metrics.clone();
     let (outbox, outbox_rx) = Outbox::new(
         id,
         config.outbox_frames,
         config.outbox_bytes,
         &router.backlogs,
     );
-    metrics.connections.fetch_add(1, Relaxed);
-    metrics.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(client = id, %peer, "connected");
 
     let mut writer = Writer::new(outbox_rx);
@@ -173,7 +170,6 @@ pub(crate) async fn serve<S>(
         })
         .await;
     }
-    metrics.connections.fetch_sub(1, Relaxed);
 }
 
 /// What answers a retained `pub` with `id` once the store has its value on disk: `ok`, or

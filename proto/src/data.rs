@@ -32,9 +32,6 @@ pub(crate) enum Repr<'a> {
 }
 
 impl<'a> Data<'a> {
-    /// `null`: what a `pub` without `data` publishes, and what clears a retained value.
-    pub const NULL: Data<'static> = Data(Repr::Value(Cow::Owned(Value::Null)));
-
     /// Whether the value is `null`.
     pub fn is_null(&self) -> bool {
         match &self.0 {
@@ -127,8 +124,9 @@ impl<'a> From<&'a Value> for Data<'a> {
 }
 
 impl Default for Data<'_> {
+    /// `null`: what a `pub` without `data` publishes, and what clears a retained value.
     fn default() -> Self {
-        Data::NULL
+        Data(Repr::Value(Cow::Owned(Value::Null)))
     }
 }
 

@@ -5,7 +5,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::encoding::Encoding;
 use crate::topic::TopicError;
 
 /// Every reason the broker can refuse a frame. The wire form (`snake_case`) is stable.
@@ -128,14 +127,4 @@ pub enum DecodeError {
     /// Not a server frame in MessagePack.
     #[error("invalid MessagePack frame: {0}")]
     MsgPack(#[from] rmp_serde::decode::Error),
-}
-
-impl DecodeError {
-    /// The encoding the frame was in.
-    pub fn encoding(&self) -> Encoding {
-        match self {
-            Self::Json(_) => Encoding::Json,
-            Self::MsgPack(_) => Encoding::MsgPack,
-        }
-    }
 }

@@ -64,14 +64,6 @@ impl Encoded {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The encoding it is in.
-    pub fn encoding(&self) -> Encoding {
-        match self {
-            Self::Text(_) => Encoding::Json,
-            Self::Binary(_) => Encoding::MsgPack,
-        }
-    }
 }
 
 #[cfg(feature = "ws")]
