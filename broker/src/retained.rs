@@ -34,13 +34,35 @@ pub struct Retained {
 impl Retained {
     /// The value `data` published on `topic` by `from` at `updated_ms`.
     pub fn new(topic: TopicName, data: Value, from: Option<&str>, updated_ms: u64) -> Self {
-        let size = topic.as_str().len() + json_len(&data);
+        let json_len = json_len(&data);
+        Self::sized(topic, data, json_len, from, updated_ms)
+    }
+
+    /// [`Retained::new`] for a value already written as JSON (`json`), as the store keeps it:
+    /// its size is told by that, not by writing it again.
+    pub fn encoded(
+        topic: TopicName,
+        data: Value,
+        json: &[u8],
+        from: Option<&str>,
+        updated_ms: u64,
+    ) -> Self {
+        Self::sized(topic, data, json.len(), from, updated_ms)
+    }
+
+    fn sized(
+        topic: TopicName,
+        data: Value,
+        json_len: usize,
+        from: Option<&str>,
+        updated_ms: u64,
+    ) -> Self {
         Self {
+            size: topic.as_str().len() + json_len,
             topic,
             data,
             from: from.map(Arc::from),
             updated_ms,
-            size,
             frames: Default::default(),
         }
     }

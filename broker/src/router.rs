@@ -111,7 +111,9 @@ impl Default for Router {
 
 /// What a retained `pub` did to its topic's value, to be written to the store.
 enum Kept {
-    Set(Arc<Retained>),
+    /// A value kept, and the same written as JSON for the store (empty when it keeps nothing on
+    /// disk).
+    Set(Arc<Retained>, Vec<u8>),
     Cleared,
 }
 
@@ -280,7 +282,7 @@ impl Router {
         if let Some(rest) = topic.strip_prefix(proto::SYS_PREFIX) {
             if let Some(name) = rest.strip_prefix("/nodes/") {
                 match kept {
-                    Kept::Set(value) => self.store.put_presence(name, value.data()),
+                    Kept::Set(value, _) => self.store.put_presence(name, value.data()),
                     Kept::Cleared => self.store.remove_presence(name),
                 }
             }
@@ -290,13 +292,10 @@ impl Router {
             return;
         }
         match kept {
-            Kept::Set(value) => self.store.put_retained(
-                topic,
-                value.data(),
-                value.from(),
-                value.updated_ms(),
-                durable,
-            ),
+            Kept::Set(value, json) => {
+                self.store
+                    .put_retained_json(topic, json, value.from(), value.updated_ms(), durable)
+            }
             Kept::Cleared => self.store.clear_retained(topic, durable),
         }
     }
@@ -308,13 +307,19 @@ impl Router {
             retained.remove(p.topic.as_str());
             Ok(Kept::Cleared)
         } else {
-            let value = Arc::new(Retained::new(
-                p.topic.to_name(),
-                p.data.to_value(),
-                from,
-                unix_ms(),
-            ));
-            retained.insert(value.clone()).map(|()| Kept::Set(value))
+            let (topic, data, now) = (p.topic.to_name(), p.data.to_value(), unix_ms());
+            // Written as JSON once, for the disk, and sized by that; in memory it is only sized.
+            let (value, json) = if self.is_durable() {
+                // A `Value` always writes: its keys are strings.
+                let json = serde_json::to_vec(&data).unwrap_or_default();
+                (Retained::encoded(topic, data, &json, from, now), json)
+            } else {
+                (Retained::new(topic, data, from, now), Vec::new())
+            };
+            let value = Arc::new(value);
+            retained
+                .insert(value.clone())
+                .map(|()| Kept::Set(value, json))
         };
         self.metrics.retained.store(retained.len() as u64, Relaxed);
         result

@@ -294,8 +294,24 @@ impl Store {
                 );
             }
         };
+        self.put_retained_json(topic, data, from, updated_ms, ack);
+    }
+
+    /// [`Store::put_retained`] for a value the caller has already written as JSON (`json`,
+    /// kept as is), so that it is not written twice.
+    pub fn put_retained_json(
+        &self,
+        topic: &str,
+        json: Vec<u8>,
+        from: Option<&str>,
+        updated_ms: u64,
+        ack: Option<Ack>,
+    ) {
+        let Some(handle) = &self.disk else {
+            return ack_now(ack);
+        };
         let record = disk::Record {
-            data,
+            data: json,
             from: from.map(Box::from),
             updated_ms,
         };
