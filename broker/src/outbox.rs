@@ -321,6 +321,12 @@ impl Outbox {
         self.queued_bytes.load(Relaxed)
     }
 
+    /// Queues the `err` frame of `err` (a refusal), counted by its code.
+    pub fn refuse(&self, err: &proto::FrameError) -> bool {
+        self.backlogs.metrics.error(err.code);
+        self.reply(&err.to_frame())
+    }
+
     /// Queues any item; see [`Outbox::push`].
     pub fn enqueue(&self, item: Outgoing) -> bool {
         let len = item.queued_len() + ITEM_BYTES;

@@ -185,7 +185,7 @@ fn answer_when_durable(outbox: Arc<Outbox>, id: u64) -> Ack {
                 ErrorCode::StoreFailed,
                 format!("delivered, but not made durable: {e}"),
             );
-            outbox.reply(&err.to_frame());
+            outbox.refuse(&err);
         }
     })
 }
@@ -524,8 +524,7 @@ impl Session {
 
     fn reply_err(&self, err: &FrameError) {
         tracing::debug!(client = self.id, code = %err.code, message = %err.message, "refused a frame");
-        self.router.metrics.error(err.code);
-        self.reply(&err.to_frame());
+        self.outbox.refuse(err);
     }
 
     /// Drops everything the client held; turns its presence offline.
