@@ -98,15 +98,22 @@ async fn protocol_md_python_session_runs() {
 
 /// Runs `tests/python/<script> <broker url>` and fails with its output unless it exits 0.
 fn run_python_test(script: &str, broker: &Broker) {
+    run_python_script(script, &[&broker.url()]);
+}
+
+/// Runs `tests/python/<script> <args>` and fails with its output unless it exits 0 (skipped, or
+/// failing under `CI=true`, without Python's packages); returns what it printed.
+pub(crate) fn run_python_script(script: &str, args: &[&str]) -> Option<String> {
     if !python_ready() {
-        return;
+        return None;
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
     let started = Instant::now();
-    let out = run_python(&path, &[&broker.url()]).expect_success(script);
+    let out = run_python(&path, args).expect_success(script);
     println!("{script} passed in {:.1?}:\n{out}", started.elapsed());
+    Some(out)
 }
 
 /// A finished (or timed-out) script: its exit status and everything it printed.
@@ -177,7 +184,7 @@ fn run_python(script: &Path, args: &[&str]) -> Finished {
 
 /// Whether `python3` with `websockets` and `msgpack` is here. Missing: a skip with a message,
 /// or a failure under `CI=true`.
-fn python_ready() -> bool {
+pub(crate) fn python_ready() -> bool {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let ready = READY.get_or_init(|| {
         match Command::new("python3")

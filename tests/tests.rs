@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `breadboard` binary, real sockets, real clients.
 
+mod auth;
 mod bench;
 mod broker;
 mod circuit;
@@ -7,4 +8,5 @@ mod clients;
 mod common;
 mod dashboard;
 mod lan;
+mod tls;
 mod tools;

@@ -12,7 +12,9 @@ use std::time::Duration;
 #[path = "../../broker/tests/harness/client.rs"]
 mod client;
 
-pub use client::{assert_quiet, hello, retain_many, sub, Client, End, Ws, WAIT};
+pub use client::{assert_quiet, hello, retain_many, sample, sub, Client, End, Ws, WAIT};
+
+pub mod auth;
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -88,7 +90,7 @@ impl Proc {
     }
 
     /// Sends `signal` (as `kill` spells it) to this child, by its own PID.
-    fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let _ = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status();
@@ -135,6 +137,10 @@ impl Drop for Proc {
 pub struct Broker {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// `ws` or `wss`, as the start line said.
+    pub scheme: &'static str,
+    /// With TLS: the `sha256:<hex>` of the start's `tls fingerprint` line, if it printed one.
+    pub fingerprint: Option<String>,
 }
 
 impl Broker {
@@ -153,13 +159,39 @@ impl Broker {
         }
         args.extend_from_slice(extra);
         let proc = Proc::start(&args);
-        let line = proc.expect_line("listening on ws://");
-        let addr = line
-            .rsplit("ws://")
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Broker { proc, addr }
+        Self::from_proc(proc)
+    }
+
+    /// Reads the start line of a broker already started (`listening on ws://ADDR` or
+    /// `listening on wss://ADDR`, then, with TLS, `tls fingerprint sha256:HEX`).
+    pub fn from_proc(proc: Proc) -> Broker {
+        let line = proc.expect_line("listening on ");
+        let rest = line
+            .split_once("listening on ")
+            .map_or("", |(_, rest)| rest.trim());
+        let (scheme, addr) = if let Some(addr) = rest.strip_prefix("wss://") {
+            ("wss", addr)
+        } else if let Some(addr) = rest.strip_prefix("ws://") {
+            ("ws", addr)
+        } else {
+            panic!("no ws:// or wss:// address in {line:?}")
+        };
+        let addr = addr
+            .trim_end_matches('/')
+            .parse()
+            .unwrap_or_else(|_| panic!("no address in {line:?}"));
+        let fingerprint = (scheme == "wss").then(|| {
+            let line = proc.expect_line("tls fingerprint ");
+            line.split_once("tls fingerprint ")
+                .map(|(_, fp)| fp.trim().to_string())
+                .unwrap_or_default()
+        });
+        Broker {
+            proc,
+            addr,
+            scheme,
+            fingerprint,
+        }
     }
 
     /// The broker's resident memory now, in bytes.
@@ -167,14 +199,24 @@ impl Broker {
         self.proc.rss_bytes().expect("the broker's resident memory")
     }
 
-    /// `ws://127.0.0.1:PORT`
+    /// `ws://127.0.0.1:PORT`, or `wss://` when the broker serves TLS.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://` when the broker serves TLS.
     pub fn http(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.scheme == "wss" {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Sends SIGHUP: the broker reloads its auth file.
+    pub fn reload(&self) {
+        self.proc.signal("-HUP");
     }
 
     /// The value of one line of `GET /metrics` (see [`client::metric`]).
