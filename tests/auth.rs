@@ -383,6 +383,9 @@ fn python_websockets_with_a_header_a_query_token_and_hello() {
     crate::clients::run_python_script("auth.py", &[&broker.url(), token]);
 }
 
+/// Request headers, as name and value.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 /// Upgrades written by hand: 101 with good or no credentials, 401 with wrong ones, 403 for a
 /// page of another site unless `--allow-origin` lists it; no `Origin` at all is fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +396,7 @@ async fn raw_upgrades_credentials_and_origins() {
     let bearer = format!("Bearer {ALICE}");
     let own = format!("http://{addr}");
     let query = format!("/?token={}", encode(ALICE));
-    let cases: &[(&str, &str, &[(&str, &str)], u16)] = &[
+    let cases: &[(&str, &str, Headers, u16)] = &[
         (
             "a good bearer token",
             "/",

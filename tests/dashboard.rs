@@ -9,6 +9,9 @@
 //!                                                        this test ──┘ (Runtime.evaluate, screenshots)
 //! ```
 //!
+//! With an auth file the page asks for a token first and shows only what its user may read; a
+//! page of another origin (served by a small Python web server) may not open a socket at all.
+//!
 //! Chromium runs with a fresh profile in a temporary directory, reachable only on loopback; it is
 //! killed (its process group, by id) and the profile removed when the test ends, pass or fail.
 //! Without Chromium the test is skipped with a message, except under `CI=true`, where it fails.
@@ -24,7 +27,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{Broker, Proc, Ws, WAIT};
+use crate::common::auth::{upgrade, user, AuthFile};
+use crate::common::{Broker, Client, Proc, Ws, WAIT};
 
 /// How long the page may take to show a state we wait for.
 const PAGE_WAIT: Duration = Duration::from_secs(30);
@@ -154,6 +158,245 @@ async fn dashboard_shows_the_live_circuit_in_chromium() {
     println!("dashboard test took {:.1?}", started.elapsed());
 }
 
+const VIEWER: &str = "viewer-s3cret";
+const ADMIN: &str = "admin-s3cret";
+
+/// With an auth file: the page asks for a token (again after a wrong one), keeps it for the tab,
+/// shows who it is, and shows only what that user may read; a refused filter is a note, not a
+/// broken page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_asks_for_a_token_and_shows_only_what_the_user_may_see() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let text = user(
+        "viewer",
+        VIEWER,
+        r#"subscribe = { allow = ["pin/+/state", "$SYS/nodes/#", "alerts/#"], deny = ["alerts/private/#"] }"#,
+    ) + &user(
+        "admin",
+        ADMIN,
+        "names = [\"*\"]\npublish = [\"#\"]\nsubscribe = [\"#\", \"$SYS/#\"]",
+    );
+    let file = AuthFile::new(&text);
+    let broker = Broker::start(&["--auth", file.arg()]);
+    // The admin plays a pin: its presence and its level, and things the viewer may not see.
+    let mut admin = Client::json(&broker.url()).await;
+    let got = admin
+        .call(json!({"op": "hello", "name": "pin-1", "kind": "pin", "token": ADMIN, "id": 1}))
+        .await;
+    assert_eq!(got, json!({"op": "ok", "id": 1}), "the admin's hello");
+    let publish = |topic: &str, data: Value, id: u64| json!({"op": "pub", "topic": topic, "data": data, "retain": true, "id": id});
+    for (n, (topic, data)) in [
+        ("pin/pin-1/state", json!(1)),
+        ("secret/plans", json!("hidden")),
+        ("clock/tick", json!(7)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = 10 + n as u64;
+        let got = admin.call(publish(topic, data, id)).await;
+        assert_eq!(got, json!({"op": "ok", "id": id}), "{topic}");
+    }
+
+    let browser = Chromium::launch(&exe);
+    let page_url = format!("{}/", broker.http());
+    let mut page = browser.open(&page_url).await;
+    let asked = page
+        .wait_for("the token form", |s| {
+            s["login"] == true && s["conn"] == "login"
+        })
+        .await;
+    assert_eq!(asked["messages"], 0, "data before a token: {asked}");
+    assert_eq!(asked["user"], "anonymous", "{asked}");
+
+    // A wrong token: asked again, saying so.
+    page.eval(&submit_token("not-the-token")).await;
+    page.wait_for("the form again after a wrong token", |s| {
+        s["login"] == true
+            && s["login_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not accepted"))
+    })
+    .await;
+
+    page.eval(&submit_token(VIEWER)).await;
+    let shown = page
+        .wait_for(
+            "connected as viewer, the pin shown, alerts/# refused",
+            |s| {
+                s["conn"] == "open"
+                    && s["login"] == false
+                    && s["user"] == "viewer"
+                    && s["online"]
+                        .as_array()
+                        .is_some_and(|o| o.contains(&json!("pin-1")))
+                    && s["topic_names"]
+                        .as_array()
+                        .is_some_and(|t| t.contains(&json!("pin/pin-1/state")))
+                    && s["denied"] == "alerts/#"
+            },
+        )
+        .await;
+    println!("as viewer: {shown}");
+
+    // Live: a change of level shows; what the viewer may not read never does.
+    for (n, (topic, data)) in [
+        ("secret/plans", json!("still hidden")),
+        ("pin/pin-1/state", json!(0)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = 20 + n as u64;
+        let got = admin.call(publish(topic, data, id)).await;
+        assert_eq!(got, json!({"op": "ok", "id": id}), "{topic}");
+    }
+    let live = page
+        .wait_for("the pin's new level", |s| {
+            s["pins"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == "pin-1" && p["level"] == "0")
+        })
+        .await;
+    for hidden in ["secret/plans", "clock/tick"] {
+        for key in ["topic_names", "log_topics"] {
+            assert!(
+                !live[key]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&json!(hidden))),
+                "{hidden} shown to the viewer: {live}"
+            );
+        }
+    }
+    let _ = page.screenshot_to("dashboard-auth.png").await;
+
+    // Kept for the tab's session only, and enough to come back without asking.
+    let kept = page
+        .eval("JSON.stringify([sessionStorage.getItem('breadboard.token'), localStorage.length, document.cookie])")
+        .await;
+    assert_eq!(
+        kept.as_str(),
+        Some(json!([VIEWER, 0, ""]).to_string().as_str()),
+        "where the token is kept"
+    );
+    page.call("Page.reload", json!({})).await;
+    page.wait_for("reconnected after a reload, without the form", |s| {
+        s["conn"] == "open" && s["login"] == false && s["user"] == "viewer"
+    })
+    .await;
+    page.close().await;
+}
+
+/// The submit of the token form, as a person typing and pressing enter.
+fn submit_token(token: &str) -> String {
+    format!(
+        "(() => {{ const t = document.querySelector('#token'); t.value = {};
+           document.querySelector('#login').requestSubmit(); return 'sent'; }})()",
+        json!(token)
+    )
+}
+
+/// A page of another origin (a small Python web server on another port) opening a WebSocket to
+/// the broker: refused with 403, its socket never opens, unless `--allow-origin` names it; the
+/// broker's own page still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_cannot_open_a_socket() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let site = tempfile::tempdir().expect("a directory for the other site");
+    fs::write(
+        site.path().join("probe.html"),
+        r#"<!doctype html><title>another site</title><script>
+const url = new URLSearchParams(location.search).get('ws');
+window.probe = { state: 'connecting', events: [] };
+const ws = new WebSocket(url);
+ws.onopen = () => { window.probe.state = 'open'; window.probe.events.push('open'); };
+ws.onerror = () => { window.probe.events.push('error'); };
+ws.onclose = (e) => {
+  window.probe.events.push('close ' + e.code);
+  if (window.probe.state !== 'open') window.probe.state = 'refused';
+};
+</script>"#,
+    )
+    .expect("write the probe page");
+    let mut server = Command::new("python3");
+    server
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(site.path());
+    let server = Proc::spawn(server);
+    let line = server.expect_line("Serving HTTP on");
+    let port: u16 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let origin = format!("http://127.0.0.1:{port}");
+
+    let broker = Broker::start(&[]);
+    let allowing = Broker::start(&["--allow-origin", &origin]);
+    let browser = Chromium::launch(&exe);
+
+    let refused = probe(&browser, &origin, &broker).await;
+    assert_eq!(refused["state"], "refused", "{refused}");
+    assert!(
+        !refused["events"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("open"))),
+        "{refused}"
+    );
+    // The refusal is the Origin check's: the same upgrade from that Origin is a 403.
+    let got = upgrade(broker.addr, "/", &[("Origin", &origin)]).await;
+    assert_eq!(got.status, 403, "{}", got.head);
+
+    let allowed = probe(&browser, &origin, &allowing).await;
+    assert_eq!(
+        allowed["state"], "open",
+        "with --allow-origin {origin}: {allowed}"
+    );
+
+    let mut own = browser.open(&format!("{}/", broker.http())).await;
+    own.wait_for("the broker's own page connected", |s| s["conn"] == "open")
+        .await;
+    own.close().await;
+}
+
+/// Opens the other site's probe page against `broker` and waits for its socket to settle.
+async fn probe(browser: &Chromium, origin: &str, broker: &Broker) -> Value {
+    let mut page = browser
+        .open(&format!("{origin}/probe.html?ws={}/", broker.url()))
+        .await;
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let got = page
+            .eval("JSON.stringify(window.probe || { state: 'loading' })")
+            .await;
+        let got: Value =
+            serde_json::from_str(got.as_str().unwrap_or("null")).unwrap_or(Value::Null);
+        if got["state"] == "open" || got["state"] == "refused" {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the probe page's socket did not settle: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Changes of level the page counted for one pin.
 fn pin_changes(s: &Value, name: &str) -> u64 {
     s["pins"]
@@ -192,6 +435,13 @@ const PAGE_STATE: &str = r#"JSON.stringify({
   log: document.querySelectorAll('#log li').length,
   stats: document.querySelectorAll('#stats [data-stat]').length,
   messages: +(document.body?.dataset.messages ?? 0),
+  login: document.querySelector('#login')?.hidden === false,
+  login_error: document.querySelector('#login-error')?.textContent ?? '',
+  auth: document.querySelector('#who')?.dataset.auth,
+  user: document.querySelector('#who')?.dataset.user,
+  denied: document.querySelector('#denied')?.dataset.filters ?? '',
+  topic_names: [...document.querySelectorAll('#topics tbody tr')].map(tr => tr.dataset.topic),
+  log_topics: [...new Set([...document.querySelectorAll('#log li')].map(li => li.dataset.topic))],
 })"#;
 
 /// Where tests leave files for people to look at: `target/test-output/`.

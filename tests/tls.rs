@@ -88,7 +88,7 @@ fn s_client_fingerprint(addr: std::net::SocketAddr) -> String {
         .expect("the end of the certificate")
         + begin
         + "-----END CERTIFICATE-----".len();
-    fingerprint_of_pem(out[begin..end].as_bytes())
+    fingerprint_of_pem(&out.as_bytes()[begin..end])
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost, made by `openssl req`: (cert, key).
