@@ -27,6 +27,7 @@
 //! directory opened before a port is bound); the caller binds the listener and owns the
 //! shutdown token.
 
+pub mod auth;
 pub mod config;
 pub mod head;
 mod http;
@@ -54,6 +55,9 @@ pub enum Error {
     /// The data directory cannot be used (locked by another broker, unreadable, corrupt).
     #[error("data store: {0}")]
     Store(#[from] store::StoreError),
+    /// The auth file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthFileError),
 }
 
 /// The broker's result type.
