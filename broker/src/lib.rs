@@ -39,6 +39,7 @@ pub mod retained;
 pub mod router;
 mod session;
 pub mod store;
+pub mod tls;
 pub mod trie;
 mod writer;
 
@@ -58,6 +59,9 @@ pub enum Error {
     /// The auth file cannot be used.
     #[error(transparent)]
     Auth(#[from] auth::AuthFileError),
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The broker's result type.

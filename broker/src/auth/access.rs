@@ -192,7 +192,10 @@ mod tests {
         auth.reload().unwrap();
         assert!(replaced.is_cancelled());
         assert_eq!(access.refresh(), Refreshed::Updated);
-        assert!(!access.may_publish(&topic), "the cache went with the old rules");
+        assert!(
+            !access.may_publish(&topic),
+            "the cache went with the old rules"
+        );
         assert!(access.may_publish(&TopicName::new("b").unwrap()));
 
         std::fs::write(file.path(), "not toml [").unwrap();

@@ -316,14 +316,18 @@ mod tests {
 
     #[test]
     fn mistakes_say_where_they_are() {
-        assert!(mistake("[users.a]\ntokens = [\"PHC\"]\npublish = [\"a/#/b\"]")
-            .contains("[users.a] publish.allow[0] \"a/#/b\" is not a filter"));
+        assert!(
+            mistake("[users.a]\ntokens = [\"PHC\"]\npublish = [\"a/#/b\"]")
+                .contains("[users.a] publish.allow[0] \"a/#/b\" is not a filter")
+        );
         assert!(mistake("[users.a]\ntokens = [\"clear-text\"]").contains("tokens[0]"));
         assert!(mistake("[users.a]\n").contains("has no tokens"));
         assert!(mistake("[anonymous]\npublish = [\"x/%u\"]").contains("uses %u"));
         assert!(mistake("[users.a]\ntokens = [\"PHC\"]\nsubscribe = 3").contains("must be a list"));
-        assert!(mistake("[users.a]\ntokens = [\"PHC\"]\nsubscribe = { allw = [] }")
-            .contains("unknown key \"allw\""));
+        assert!(
+            mistake("[users.a]\ntokens = [\"PHC\"]\nsubscribe = { allw = [] }")
+                .contains("unknown key \"allw\"")
+        );
         assert!(mistake("[users.\"a/b\"]\ntokens = [\"PHC\"]").contains("users.a/b"));
         assert!(mistake("[user.a]\n").contains("unknown field"));
         assert!(mistake("[users.a\n").contains("line 1"));

@@ -16,7 +16,7 @@
 //! - `throttle`: a growing wait for addresses that keep failing;
 //! - `access`: one connection's identity and permissions, with its cache of verdicts.
 
-mod access;
+pub(crate) mod access;
 mod file;
 mod rules;
 mod throttle;

@@ -79,8 +79,11 @@ pub(crate) fn check_phc(phc: &str) -> Result<(), String> {
 
 /// Whether `token` hashes to `phc`.
 fn matches(token: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .is_ok_and(|parsed| Argon2::default().verify_password(token.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(phc).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(token.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 type Digest = [u8; 32];
@@ -142,17 +145,18 @@ impl Verifier {
         let _permit = self.permits.acquire().await.ok()?;
         let token = token.to_string();
         let found = tokio::task::spawn_blocking(move || {
-            candidates
-                .into_iter()
-                .find(|(_, phc)| matches(&token, phc))
+            candidates.into_iter().find(|(_, phc)| matches(&token, phc))
         })
         .await
         .ok()??;
         let (user, phc) = found;
-        self.remember(key, Known {
-            user: user.clone(),
-            phc,
-        });
+        self.remember(
+            key,
+            Known {
+                user: user.clone(),
+                phc,
+            },
+        );
         Some(user)
     }
 
