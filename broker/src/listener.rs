@@ -195,25 +195,55 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Opti
     }
 }
 
-/// The answer to an upgrade over the connection limit.
-const AT_CAPACITY: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n\
-Content-Type: text/plain\r\nContent-Length: 38\r\n\r\nthe broker is at its connection limit\n";
+/// A refusal: why, and anything a client needs to act on it.
+struct Refusal {
+    status: &'static str,
+    headers: &'static str,
+    body: &'static str,
+}
 
-/// The answer to a plain connection on a TLS port.
-const TLS_REQUIRED: &[u8] =
-    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n\
-Content-Length: 62\r\n\r\nthis broker speaks TLS only: use wss:// (or https:// for pages)\n";
+/// An upgrade over the connection limit.
+const AT_CAPACITY: Refusal = Refusal {
+    status: "503 Service Unavailable",
+    headers: "Retry-After: 1\r\n",
+    body: "the broker is at its connection limit\n",
+};
 
-/// The answer to an upgrade from a page of another origin.
-const FOREIGN_ORIGIN: &[u8] =
-    b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain\r\n\
-Content-Length: 71\r\n\r\nWebSocket from this Origin refused (the broker lists it in --allow-origin)\n";
+/// A plain connection on a TLS port.
+const TLS_REQUIRED: Refusal = Refusal {
+    status: "400 Bad Request",
+    headers: "",
+    body: "this broker speaks TLS only: use wss:// (or https:// for its pages)\n",
+};
 
-/// The answer to wrong credentials on an upgrade.
-const UNAUTHORIZED: &[u8] =
-    b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nWWW-Authenticate: Bearer\r\n\
-Content-Type: text/plain\r\nContent-Length: 20\r\n\r\ncredentials refused\n";
+/// An upgrade from a page of another origin.
+const FOREIGN_ORIGIN: Refusal = Refusal {
+    status: "403 Forbidden",
+    headers: "",
+    body:
+        "a WebSocket from this Origin is refused (the broker's --allow-origin does not list it)\n",
+};
+
+/// Wrong credentials on an upgrade.
+const UNAUTHORIZED: Refusal = Refusal {
+    status: "401 Unauthorized",
+    headers: "WWW-Authenticate: Bearer\r\n",
+    body: "credentials refused\n",
+};
+
+/// A request head that is not HTTP.
+const BAD_REQUEST: Refusal = Refusal {
+    status: "400 Bad Request",
+    headers: "",
+    body: "",
+};
+
+/// An upgrade to something other than WebSocket version 13.
+const UPGRADE_REQUIRED: Refusal = Refusal {
+    status: "426 Upgrade Required",
+    headers: "Sec-WebSocket-Version: 13\r\n",
+    body: "",
+};
 
 /// What every connection shares.
 struct Shared {
@@ -318,11 +348,7 @@ async fn serve_connection<S>(
     let head = match head {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => {
-            refuse(
-                &mut stream,
-                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            )
-            .await;
+            refuse(&mut stream, BAD_REQUEST).await;
             return;
         }
         Ok(Err(e)) => {
@@ -337,7 +363,7 @@ async fn serve_connection<S>(
     match (&head.websocket_key, head.upgrade) {
         (Some(_), _) => upgrade(stream, head, peer, id, shared, tls, shutdown).await,
         (None, true) => {
-            refuse(&mut stream, b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
+            refuse(&mut stream, UPGRADE_REQUIRED).await;
         }
         (None, false) => {
             let ctx = http::Context {
@@ -353,8 +379,17 @@ async fn serve_connection<S>(
 }
 
 /// Writes a refusal and closes.
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, answer: &[u8]) {
-    let _ = stream.write_all(answer).await;
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refusal) {
+    let Refusal {
+        status,
+        headers,
+        body,
+    } = refusal;
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\n{headers}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
 }
