@@ -210,6 +210,7 @@ async fn dashboard_asks_for_a_token_and_shows_only_what_the_user_may_see() {
         .await;
     assert_eq!(asked["messages"], 0, "data before a token: {asked}");
     assert_eq!(asked["user"], "anonymous", "{asked}");
+    let _ = page.screenshot_to("dashboard-token-form.png").await;
 
     // A wrong token: asked again, saying so.
     page.eval(&submit_token("not-the-token")).await;
@@ -286,6 +287,38 @@ async fn dashboard_asks_for_a_token_and_shows_only_what_the_user_may_see() {
     page.call("Page.reload", json!({})).await;
     page.wait_for("reconnected after a reload, without the form", |s| {
         s["conn"] == "open" && s["login"] == false && s["user"] == "viewer"
+    })
+    .await;
+
+    // The rules reloaded: a filter taken away is noted, the page stays connected; the user
+    // taken away is cut off (1008), and the page asks for a token again.
+    let admin_only = user(
+        "admin",
+        ADMIN,
+        "names = [\"*\"]\npublish = [\"#\"]\nsubscribe = [\"#\", \"$SYS/#\"]",
+    );
+    file.write(
+        &(user(
+            "viewer",
+            VIEWER,
+            r#"subscribe = { allow = ["pin/+/state", "alerts/#"], deny = ["alerts/private/#"] }"#,
+        ) + &admin_only),
+    );
+    broker.reload();
+    page.wait_for("$SYS/nodes/# noted as dropped, still connected", |s| {
+        s["conn"] == "open"
+            && s["denied"]
+                .as_str()
+                .is_some_and(|d| d.split(' ').any(|f| f == "$SYS/nodes/#"))
+    })
+    .await;
+    file.write(&admin_only);
+    broker.reload();
+    page.wait_for("the form again once the viewer is removed", |s| {
+        s["login"] == true
+            && s["login_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not accepted"))
     })
     .await;
     page.close().await;

@@ -195,7 +195,13 @@ async fn self_signed_certificate_kept_in_the_data_dir() {
 
     plain_is_refused(&broker).await;
 
-    // The same data directory, the same certificate.
+    // The same data directory, the same certificate (stopped gracefully, so the store closes).
+    let mut broker = broker;
+    broker.proc.terminate();
+    assert!(
+        broker.proc.wait_exit(WAIT).is_some(),
+        "the broker stops on SIGTERM"
+    );
     drop(broker);
     let again = Broker::start(&args);
     assert_eq!(
