@@ -473,7 +473,8 @@ async fn whoami_and_metrics_need_the_right_credentials() {
     let text = user(
         "alice",
         ALICE,
-        r#"subscribe = { allow = ["pin/%u/#"], deny = ["pin/%u/x"] }"#,
+        r#"publish = ["pin/%u/#"]
+subscribe = { allow = ["pin/%u/#"], deny = ["pin/%u/x"] }"#,
     ) + &user("admin", ADMIN, r##"subscribe = ["$SYS/broker/stats"]"##)
         + "[anonymous]\nsubscribe = [\"public/#\"]\n";
     let file = AuthFile::new(&text);
@@ -491,6 +492,8 @@ async fn whoami_and_metrics_need_the_right_credentials() {
         "%u expanded: {body}"
     );
     assert_eq!(body["subscribe"]["deny"], json!(["pin/alice/x"]), "{body}");
+    assert_eq!(body["publish"]["allow"], json!(["pin/alice/#"]), "{body}");
+    assert_eq!(body["publish"]["deny"], json!([]), "{body}");
 
     let got = http(
         broker.addr,

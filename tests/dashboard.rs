@@ -275,6 +275,28 @@ async fn dashboard_asks_for_a_token_and_shows_only_what_the_user_may_see() {
     }
     let _ = page.screenshot_to("dashboard-auth.png").await;
 
+    // /metrics is fetched with the token: the viewer may not read $SYS/broker/stats, so 403,
+    // said on the page (a plain link would have shown the broker's 401 instead).
+    page.eval("document.querySelector('#metrics-link').click(); 'clicked'")
+        .await;
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let note = page
+            .eval("document.querySelector('#notice').textContent")
+            .await;
+        if note
+            .as_str()
+            .is_some_and(|n| n.contains("not permitted to read /metrics"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /metrics note; the page says {note}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Kept for the tab's session only, and enough to come back without asking.
     let kept = page
         .eval("JSON.stringify([sessionStorage.getItem('breadboard.token'), localStorage.length, document.cookie])")
