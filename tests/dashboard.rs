@@ -346,6 +346,38 @@ async fn dashboard_asks_for_a_token_and_shows_only_what_the_user_may_see() {
     page.close().await;
 }
 
+/// Served over TLS (`--tls-self-signed`), the page speaks wss:// to its own https:// origin, and
+/// the token form works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_over_https_with_a_token() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let text = user(
+        "viewer",
+        VIEWER,
+        r#"subscribe = ["pin/+/state", "$SYS/nodes/#"]"#,
+    ) + &user("admin", ADMIN, "names = [\"*\"]\npublish = [\"#\"]");
+    let file = AuthFile::new(&text);
+    let broker = Broker::start(&["--auth", file.arg(), "--tls-self-signed"]);
+    assert!(broker.http().starts_with("https://"), "{}", broker.http());
+    // This throwaway browser trusts any certificate: the fingerprint is checked by tests/tls.rs.
+    let browser = Chromium::launch_with(&exe, &["--ignore-certificate-errors"]);
+    let mut page = browser.open(&format!("{}/", broker.http())).await;
+    page.wait_for("the token form over https", |s| s["login"] == true)
+        .await;
+    page.eval(&submit_token(VIEWER)).await;
+    let shown = page
+        .wait_for("connected over wss:// as viewer", |s| {
+            s["conn"] == "open" && s["user"] == "viewer" && s["denied"] == ""
+        })
+        .await;
+    println!("over https: {shown}");
+    let scheme = page.eval("location.protocol").await;
+    assert_eq!(scheme, "https:", "the page's own scheme");
+    page.close().await;
+}
+
 /// The submit of the token form, as a person typing and pressing enter.
 fn submit_token(token: &str) -> String {
     format!(
@@ -535,6 +567,11 @@ struct Chromium {
 
 impl Chromium {
     fn launch(exe: &Path) -> Chromium {
+        Self::launch_with(exe, &[])
+    }
+
+    /// Launches with `extra` command-line switches.
+    fn launch_with(exe: &Path, extra: &[&str]) -> Chromium {
         let profile = std::env::temp_dir().join(format!(
             "breadboard-chromium-{}-{}",
             std::process::id(),
@@ -564,6 +601,7 @@ impl Chromium {
                 "--remote-debugging-port=0",
                 "--window-size=1400,1000",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::null())

@@ -6,6 +6,7 @@ Usage: tls.py wss://HOST:PORT CAFILE sha256:HEX OTHER_CAFILE
   WebSocket works, and so does `GET /metrics` over https;
 - no CA at all but the certificate's SHA-256 pinned (what nodes do with a fingerprint from mDNS):
   the fingerprint seen matches the one given, then the WebSocket works;
+- the Origin check over TLS: the broker's own https:// origin in, another site's 403;
 - OTHER_CAFILE (some other certificate) as the trust anchor: the handshake is refused, so the
   first check above was a real verification.
 """
@@ -68,6 +69,19 @@ async def main(url, cafile, fingerprint, other_cafile):
         raise AssertionError(f"pinned {fingerprint}, the broker showed {seen}")
     await roundtrip(ws, "tls/pinned")
     check("wss:// with the fingerprint pinned: the same fingerprint as the start line")
+
+    # A page served by the broker over https is its own origin; another site is not.
+    ws = await asyncio.wait_for(connect(url, ssl=pinned, origin=https), WAIT)
+    await ws.close()
+    try:
+        ws = await asyncio.wait_for(connect(url, ssl=pinned, origin="https://evil.example"), WAIT)
+    except websockets.exceptions.InvalidStatus as e:
+        status = e.response.status_code
+    else:
+        await ws.close()
+        raise AssertionError("a page of another origin got a socket over wss://")
+    assert status == 403, status
+    check("over wss:// the broker's own https:// origin is let in, another site's gets 403")
 
     wrong = ssl.create_default_context(cafile=other_cafile)
     try:
