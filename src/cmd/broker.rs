@@ -168,7 +168,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             service_type: discovery::BROKER_TYPE,
             name: config.name.clone(),
             port: addr.port(),
-            txt: discovery::broker_txt(&config.name),
+            // No TLS, no auth file yet.
+            txt: discovery::broker_txt(&config.name, &discovery::BrokerSecurity::default()),
         };
         let fullname = mdns.advertise(&advert)?;
         tracing::info!(%fullname, "advertised over mDNS");

@@ -103,7 +103,7 @@ fn advertise_circuit(mdns: &Discovery, port: u16) -> anyhow::Result<()> {
         service_type: discovery::BROKER_TYPE,
         name: broker.into(),
         port,
-        txt: discovery::broker_txt(broker),
+        txt: discovery::broker_txt(broker, &discovery::BrokerSecurity::default()),
     })?;
     for (name, kind) in [("clock", "clock"), ("pin-1", "pin"), ("buzzer", "buzzer")] {
         mdns.advertise(&Advert {
