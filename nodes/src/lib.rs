@@ -36,7 +36,9 @@ pub mod kinds;
 pub mod node;
 pub mod runtime;
 
-pub use client::{Client, ConnectOptions, IntoTopicFilter, IntoTopicName, Messages, Replies};
+pub use client::{
+    BrokerUrl, Client, ConnectOptions, IntoTopicFilter, IntoTopicName, Messages, Replies, TlsTrust,
+};
 pub use error::{Error, Result};
 pub use node::{AnyNode, BoxError, Context, HookResult, Node, Output};
 pub use proto::{Encoding, ErrorCode, TopicFilter, TopicName};
