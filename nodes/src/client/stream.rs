@@ -152,14 +152,27 @@ impl Stream {
     pub async fn connect(url: &BrokerUrl, tls: Option<Arc<ClientConfig>>) -> Result<Stream> {
         let tcp = TcpStream::connect((url.host(), url.port()))
             .await
-            .and_then(|tcp| {
-                tcp.set_nodelay(true)?;
-                Ok(tcp)
-            })
             .map_err(|e| Error::Connect {
                 url: url.to_string(),
                 source: Box::new(tokio_tungstenite::tungstenite::Error::Io(e)),
             })?;
+        Self::over(tcp, url, tls).await
+    }
+
+    /// As [`Stream::connect`], over a TCP connection already made to `url`'s broker (by a
+    /// caller that resolved its address once, say).
+    ///
+    /// # Errors
+    /// As [`Stream::connect`], but for the TCP connection.
+    pub async fn over(
+        tcp: TcpStream,
+        url: &BrokerUrl,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Stream> {
+        tcp.set_nodelay(true).map_err(|e| Error::Connect {
+            url: url.to_string(),
+            source: Box::new(tokio_tungstenite::tungstenite::Error::Io(e)),
+        })?;
         match (url.is_tls(), tls) {
             (false, None) => Ok(Stream::Plain(tcp)),
             (true, Some(config)) => {

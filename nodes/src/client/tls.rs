@@ -18,11 +18,15 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::error::{Error, Result};
+
+/// rustls's client configuration, as [`TlsTrust::client_config`] makes it (re-exported so that
+/// a caller holding one, such as the bench's own client, needs no rustls of its own).
+pub use rustls::ClientConfig;
 
 /// Whom a `wss://` connection trusts. The default is [`TlsTrust::System`].
 #[derive(Clone, Default, PartialEq, Eq)]
