@@ -31,6 +31,8 @@ enum Command {
     Ls(cmd::ls::Args),
     /// Measure the broker: throughput, latency, memory per connection.
     Bench(cmd::bench::Args),
+    /// Hash a token for the auth file (read from standard input, or --generate one).
+    Passwd(cmd::passwd::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             Command::Req(args) => cmd::req::run(args).await,
             Command::Ls(args) => cmd::ls::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Passwd(args) => cmd::passwd::run(args),
         }
     })
 }

@@ -47,6 +47,14 @@ pub struct Config {
     pub keepalive: Duration,
     /// How often `$SYS/broker/stats` is published; `None` turns it off.
     pub stats_interval: Option<Duration>,
+    /// The auth file (users, tokens, permissions); `None`: anyone may do anything.
+    pub auth_file: Option<PathBuf>,
+    /// Origins whose pages may open WebSockets here besides the broker's own (`*`: any). A
+    /// browser sends `Origin`; an upgrade from another origin is refused (403), so that a page
+    /// a LAN user visits cannot use the broker through the user's browser.
+    pub allow_origins: Vec<String>,
+    /// TLS on the port (WebSocket and pages); `None`: plain.
+    pub tls: Option<crate::tls::TlsIdentity>,
 }
 
 impl Default for Config {
@@ -68,6 +76,9 @@ impl Default for Config {
             max_retained_bytes: 256 << 20,
             keepalive: Duration::from_secs(30),
             stats_interval: Some(Duration::from_secs(10)),
+            auth_file: None,
+            allow_origins: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -19,6 +19,12 @@ pub struct Head {
     pub websocket_key: Option<Vec<u8>>,
     /// Whether `Upgrade: websocket` was asked for at all.
     pub upgrade: bool,
+    /// `Authorization`, as sent.
+    pub authorization: Option<String>,
+    /// `Origin`, which browsers send (and other clients usually do not).
+    pub origin: Option<String>,
+    /// `Host`.
+    pub host: Option<String>,
     /// Bytes after the head (the start of the WebSocket stream).
     pub rest: Vec<u8>,
 }
@@ -54,13 +60,65 @@ impl Head {
         let websocket_key = header("sec-websocket-key")
             .filter(|_| upgrade && version_ok)
             .map(<[u8]>::to_vec);
+        let text = |name: &str| header(name).map(|v| String::from_utf8_lossy(v).into_owned());
         Ok(Some(Head {
             method: req.method.unwrap_or_default().to_string(),
             path: req.path.unwrap_or("/").to_string(),
             websocket_key,
             upgrade,
+            authorization: text("authorization"),
+            origin: text("origin"),
+            host: text("host"),
             rest: buf[len..].to_vec(),
         }))
+    }
+
+    /// The request's token: `Authorization: Bearer <token>`, else `?token=<token>` in the URL
+    /// (percent-decoded: browsers cannot set headers on a WebSocket).
+    pub fn token(&self) -> Option<String> {
+        if let Some(value) = &self.authorization {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            return scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string());
+        }
+        self.query("token")
+    }
+
+    /// The value of `name` in the URL's query, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let (_, query) = self.path.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| {
+                let value = value.replace('+', " ");
+                percent_encoding::percent_decode_str(&value)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    }
+
+    /// Whether a browser page may open a WebSocket here: no `Origin` (not a browser), the
+    /// broker's own pages (`http(s)://` + `Host`, the scheme this port speaks), or an origin in
+    /// `allowed` (`*` allows any).
+    pub fn origin_allowed(&self, tls: bool, allowed: &[String]) -> bool {
+        let Some(origin) = self.origin.as_deref().map(str::trim) else {
+            return true;
+        };
+        if allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        let scheme = if tls { "https://" } else { "http://" };
+        match (&self.host, origin.get(..scheme.len())) {
+            (Some(host), Some(prefix)) if prefix.eq_ignore_ascii_case(scheme) => {
+                origin[scheme.len()..].eq_ignore_ascii_case(host.trim())
+            }
+            _ => false,
+        }
     }
 }
 
@@ -93,6 +151,42 @@ mod tests {
         .unwrap();
         assert!(head.upgrade);
         assert_eq!(head.websocket_key, None);
+    }
+
+    fn upgrade_with(headers: &str, path: &str) -> Head {
+        let text = format!(
+            "GET {path} HTTP/1.1\r\nHost: 10.0.0.5:8765\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: abc==\r\n{headers}\r\n"
+        );
+        Head::parse(text.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_token_comes_from_the_header_or_the_query() {
+        let head = upgrade_with("Authorization: Bearer s3cret\r\n", "/");
+        assert_eq!(head.token().as_deref(), Some("s3cret"));
+        let head = upgrade_with("authorization: bearer  s3cret \r\n", "/?token=other");
+        assert_eq!(head.token().as_deref(), Some("s3cret"), "the header wins");
+        let head = upgrade_with("Authorization: Basic abc\r\n", "/");
+        assert_eq!(head.token(), None);
+        let head = upgrade_with("", "/?x=1&token=a%2Fb%20c&y");
+        assert_eq!(head.token().as_deref(), Some("a/b c"));
+        assert_eq!(upgrade_with("", "/").token(), None);
+    }
+
+    #[test]
+    fn origins_other_than_the_brokers_own_need_to_be_allowed() {
+        let head = upgrade_with("", "/");
+        assert!(head.origin_allowed(false, &[]), "no Origin: not a browser");
+        let own = upgrade_with("Origin: http://10.0.0.5:8765\r\n", "/");
+        assert!(own.origin_allowed(false, &[]));
+        assert!(!own.origin_allowed(true, &[]), "https pages on a TLS port");
+        let other = upgrade_with("Origin: http://evil.example\r\n", "/");
+        assert!(!other.origin_allowed(false, &[]));
+        assert!(other.origin_allowed(false, &["http://evil.example/".into()]));
+        assert!(other.origin_allowed(false, &["*".into()]));
+        let null = upgrade_with("Origin: null\r\n", "/");
+        assert!(!null.origin_allowed(false, &[]));
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! directory opened before a port is bound); the caller binds the listener and owns the
 //! shutdown token.
 
+pub mod auth;
 pub mod config;
 pub mod head;
 mod http;
@@ -38,6 +39,7 @@ pub mod retained;
 pub mod router;
 mod session;
 pub mod store;
+pub mod tls;
 pub mod trie;
 mod writer;
 
@@ -54,6 +56,12 @@ pub enum Error {
     /// The data directory cannot be used (locked by another broker, unreadable, corrupt).
     #[error("data store: {0}")]
     Store(#[from] store::StoreError),
+    /// The auth file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthFileError),
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The broker's result type.

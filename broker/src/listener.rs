@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -18,6 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Access, Auth};
 use crate::config::Config;
 use crate::head::{Head, MAX_HEAD_BYTES};
 use crate::metrics::Metrics;
@@ -49,20 +50,34 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
 pub struct Broker {
     router: Arc<Router>,
     config: Arc<Config>,
+    auth: Option<Arc<Auth>>,
 }
 
 impl Broker {
     /// Opens the data directory, if the broker keeps one, and takes back what it holds: done
     /// before binding a port, a locked, unreadable or corrupt directory stops the start.
     ///
+    /// The auth file, if one is given, is read too: one that does not parse stops the start.
+    ///
     /// # Errors
-    /// [`Error::Store`](crate::Error::Store), naming the file.
+    /// [`Error::Store`](crate::Error::Store), naming the file;
+    /// [`Error::Auth`](crate::Error::Auth), naming the auth file and what is wrong in it.
     pub async fn open(config: Config) -> Result<Self> {
         let router = Arc::new(open_router(&config).await?);
+        let auth = match &config.auth_file {
+            Some(path) => Some(Arc::new(Auth::load(path, router.metrics.clone())?)),
+            None => None,
+        };
         Ok(Self {
             router,
             config: Arc::new(config),
+            auth,
         })
+    }
+
+    /// The auth file in force, to reload it ([`Auth::reload`], on `SIGHUP`).
+    pub fn auth(&self) -> Option<&Arc<Auth>> {
+        self.auth.as_ref()
     }
 
     /// Serves clients accepted on `listener` until `shutdown` is cancelled, then closes every
@@ -76,7 +91,11 @@ impl Broker {
 }
 
 async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-    let Broker { router, config } = broker;
+    let Broker {
+        router,
+        config,
+        auth,
+    } = broker;
     let addr = listener.local_addr()?;
     let tracker = TaskTracker::new();
     let next_id = AtomicU64::new(1);
@@ -112,6 +131,7 @@ async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToke
                 router: router.clone(),
                 config: config.clone(),
                 slots: slots.clone(),
+                auth: auth.clone(),
             },
             shutdown.clone(),
         ));
@@ -161,7 +181,7 @@ async fn open_router(config: &Config) -> Result<Router> {
 
 /// Reads the request head, as much of the stream as it takes (up to [`MAX_HEAD_BYTES`]).
 /// `None` for a connection that closed first or a head that is not valid HTTP.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Head>> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
@@ -175,16 +195,62 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
     }
 }
 
-/// The answer to an upgrade over the connection limit.
-const AT_CAPACITY: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n\
-Content-Type: text/plain\r\nContent-Length: 38\r\n\r\nthe broker is at its connection limit\n";
+/// A refusal: why, and anything a client needs to act on it.
+struct Refusal {
+    status: &'static str,
+    headers: &'static str,
+    body: &'static str,
+}
+
+/// An upgrade over the connection limit.
+const AT_CAPACITY: Refusal = Refusal {
+    status: "503 Service Unavailable",
+    headers: "Retry-After: 1\r\n",
+    body: "the broker is at its connection limit\n",
+};
+
+/// A plain connection on a TLS port.
+const TLS_REQUIRED: Refusal = Refusal {
+    status: "400 Bad Request",
+    headers: "",
+    body: "this broker speaks TLS only: use wss:// (or https:// for its pages)\n",
+};
+
+/// An upgrade from a page of another origin.
+const FOREIGN_ORIGIN: Refusal = Refusal {
+    status: "403 Forbidden",
+    headers: "",
+    body:
+        "a WebSocket from this Origin is refused (the broker's --allow-origin does not list it)\n",
+};
+
+/// Wrong credentials on an upgrade.
+const UNAUTHORIZED: Refusal = Refusal {
+    status: "401 Unauthorized",
+    headers: "WWW-Authenticate: Bearer\r\n",
+    body: "credentials refused\n",
+};
+
+/// A request head that is not HTTP.
+const BAD_REQUEST: Refusal = Refusal {
+    status: "400 Bad Request",
+    headers: "",
+    body: "",
+};
+
+/// An upgrade to something other than WebSocket version 13.
+const UPGRADE_REQUIRED: Refusal = Refusal {
+    status: "426 Upgrade Required",
+    headers: "Sec-WebSocket-Version: 13\r\n",
+    body: "",
+};
 
 /// What every connection shares.
 struct Shared {
     router: Arc<Router>,
     config: Arc<Config>,
     slots: Arc<Slots>,
+    auth: Option<Arc<Auth>>,
 }
 
 /// The WebSocket sessions the broker may hold at once (`max_connections`): one is taken before
@@ -225,19 +291,56 @@ impl Drop for Slot {
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     id: u64,
     shared: Shared,
     shutdown: CancellationToken,
 ) {
-    let Shared {
-        router,
-        config,
-        slots,
-    } = shared;
     // Small frames must not wait for Nagle: latency matters more than packet count here.
     let _ = stream.set_nodelay(true);
+    let Some(tls) = shared.config.tls.clone() else {
+        return serve_connection(stream, peer, id, shared, false, shutdown).await;
+    };
+    // A TLS client speaks first with a handshake record (0x16); anything else is plain and
+    // told to use TLS rather than left to fail in the handshake.
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        peeked = timeout(HEAD_TIMEOUT, stream.peek(&mut first)) => peeked,
+    };
+    match peeked {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            let mut stream = stream;
+            refuse(&mut stream, TLS_REQUIRED).await;
+            return;
+        }
+        _ => return,
+    }
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        accepted = timeout(HEAD_TIMEOUT, tls.acceptor().accept(stream)) => accepted,
+    };
+    match accepted {
+        Ok(Ok(stream)) => serve_connection(stream, peer, id, shared, true, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "no TLS handshake in time"),
+    }
+}
+
+/// Serves a connection (plain or TLS) from its first byte: the request head, then a session
+/// or an HTTP answer.
+async fn serve_connection<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    id: u64,
+    shared: Shared,
+    tls: bool,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let head = tokio::select! {
         _ = shutdown.cancelled() => return,
         head = timeout(HEAD_TIMEOUT, read_head(&mut stream)) => head,
@@ -245,11 +348,7 @@ async fn connection(
     let head = match head {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => {
-            let _ = stream
-                .write_all(
-                    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                )
-                .await;
+            refuse(&mut stream, BAD_REQUEST).await;
             return;
         }
         Ok(Err(e)) => {
@@ -262,44 +361,109 @@ async fn connection(
         }
     };
     match (&head.websocket_key, head.upgrade) {
-        (Some(key), _) => {
-            let Some(_slot) = slots.take() else {
-                tracing::warn!(%peer, max = config.max_connections, "connection limit reached: upgrade refused");
-                router.metrics.refused_connections.fetch_add(1, Relaxed);
-                let _ = stream.write_all(AT_CAPACITY).await;
-                return;
-            };
-            let response = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                derive_accept_key(key)
-            );
-            if stream.write_all(response.as_bytes()).await.is_err() {
-                return;
-            }
-            let ws_config = WebSocketConfig::default()
-                .read_buffer_size(config.read_buffer_bytes)
-                .max_message_size(Some(config.max_frame_bytes.saturating_mul(2)))
-                .max_frame_size(Some(config.max_frame_bytes.saturating_mul(2)));
-            let ws = WebSocketStream::from_partially_read(
-                ReadAhead::new(stream),
-                head.rest,
-                Role::Server,
-                Some(ws_config),
-            )
-            .await;
-            session::serve(ws, id, peer, router, config, shutdown).await;
-        }
+        (Some(_), _) => upgrade(stream, head, peer, id, shared, tls, shutdown).await,
         (None, true) => {
-            let _ = stream
-                .write_all(b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-                .await;
+            refuse(&mut stream, UPGRADE_REQUIRED).await;
         }
         (None, false) => {
-            if let Err(e) = http::respond(&mut stream, &head.method, &head.path, &router).await {
+            let ctx = http::Context {
+                router: &shared.router,
+                auth: shared.auth.as_deref(),
+                peer,
+            };
+            if let Err(e) = http::respond(&mut stream, &head, &ctx).await {
                 tracing::debug!(%peer, error = %e, "HTTP response failed");
             }
         }
     }
+}
+
+/// Writes a refusal and closes.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refusal) {
+    let Refusal {
+        status,
+        headers,
+        body,
+    } = refusal;
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\n{headers}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// Checks a WebSocket upgrade (origin, credentials, connection limit) and serves its session.
+async fn upgrade<S>(
+    mut stream: S,
+    head: Head,
+    peer: SocketAddr,
+    id: u64,
+    shared: Shared,
+    tls: bool,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Shared {
+        router,
+        config,
+        slots,
+        auth,
+    } = shared;
+    let Some(key) = &head.websocket_key else {
+        return;
+    };
+    if !head.origin_allowed(tls, &config.allow_origins) {
+        tracing::info!(%peer, origin = ?head.origin, "WebSocket from a foreign origin refused");
+        router.metrics.refused_origins.fetch_add(1, Relaxed);
+        refuse(&mut stream, FOREIGN_ORIGIN).await;
+        return;
+    }
+    let access = match &auth {
+        None => Some(Access::open()),
+        Some(auth) => {
+            let user = match head.token() {
+                None => Ok(None),
+                Some(token) => tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    user = auth.authenticate(&token, peer.ip()) => user.map(Some),
+                },
+            };
+            user.ok().and_then(|user| Access::new(auth.clone(), user))
+        }
+    };
+    let Some(access) = access else {
+        refuse(&mut stream, UNAUTHORIZED).await;
+        return;
+    };
+    let Some(_slot) = slots.take() else {
+        tracing::warn!(%peer, max = config.max_connections, "connection limit reached: upgrade refused");
+        router.metrics.refused_connections.fetch_add(1, Relaxed);
+        refuse(&mut stream, AT_CAPACITY).await;
+        return;
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key)
+    );
+    // Flushed: over TLS, written bytes wait in the session until then.
+    if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        .max_message_size(Some(config.max_frame_bytes.saturating_mul(2)))
+        .max_frame_size(Some(config.max_frame_bytes.saturating_mul(2)));
+    let ws = WebSocketStream::from_partially_read(
+        ReadAhead::new(stream),
+        head.rest,
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
+    session::serve(ws, id, peer, router, config, access, shutdown).await;
 }
 
 /// Publishes the broker's counters on `$SYS/broker/stats` (retained) every `every`.

@@ -38,6 +38,12 @@ pub struct Metrics {
     /// Bytes queued to clients and not yet written, over all clients (as the broker-wide
     /// budget counts them).
     pub backlog_bytes: AtomicU64,
+    /// Credentials refused (on the upgrade, in `hello`, on HTTP).
+    pub auth_failures: AtomicU64,
+    /// Authentication attempts made to wait first, after earlier failures from their address.
+    pub auth_delayed: AtomicU64,
+    /// WebSocket upgrades refused for their `Origin` (cross-site pages).
+    pub refused_origins: AtomicU64,
     /// `err` frames sent, by code (indexed like [`ErrorCode::ALL`]).
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -60,7 +66,7 @@ impl Metrics {
         self.errors[code_index(code)].load(Relaxed)
     }
 
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 16] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -140,6 +146,24 @@ impl Metrics {
                 "gauge",
                 "Bytes queued to clients and not yet written",
                 g(&self.backlog_bytes),
+            ),
+            (
+                "auth_failures_total",
+                "counter",
+                "Credentials refused",
+                g(&self.auth_failures),
+            ),
+            (
+                "auth_delayed_total",
+                "counter",
+                "Authentication attempts delayed after earlier failures from their address",
+                g(&self.auth_delayed),
+            ),
+            (
+                "refused_origins_total",
+                "counter",
+                "WebSocket upgrades refused for a foreign Origin",
+                g(&self.refused_origins),
             ),
         ]
     }

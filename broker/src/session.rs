@@ -40,6 +40,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::access::Refreshed;
+use crate::auth::Access;
 use crate::config::Config;
 use crate::outbox::{Frame, Outbox};
 use crate::router::{RouteCache, Router};
@@ -103,6 +105,19 @@ struct Session {
     tally: Tally,
     /// The subscribers of this client's last topic.
     routes: RouteCache,
+    /// Who the client is and what it may do.
+    access: Access,
+    /// A `hello` with a token, waiting for the token to be checked (which takes time, so it is
+    /// done between frames, before the next one is read).
+    pending_hello: Option<PendingHello>,
+}
+
+/// A `hello` whose token is still to be checked.
+struct PendingHello {
+    name: String,
+    kind: Option<String>,
+    token: String,
+    id: Option<u64>,
 }
 
 /// Serves one WebSocket client until it goes away or `shutdown` is cancelled.
@@ -112,6 +127,7 @@ pub(crate) async fn serve<S>(
     peer: SocketAddr,
     router: Arc<Router>,
     config: Arc<Config>,
+    access: Access,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -135,6 +151,8 @@ pub(crate) async fn serve<S>(
         name: None,
         tally: Tally::default(),
         routes: RouteCache::default(),
+        access,
+        pending_hello: None,
     };
     let ending = session.run(&mut ws, &mut writer, &shutdown).await;
     tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
@@ -170,6 +188,11 @@ pub(crate) async fn serve<S>(
         })
         .await;
     }
+}
+
+/// An `err` with `forbidden`.
+fn forbidden(id: Option<u64>, message: String) -> FrameError {
+    FrameError::new(id, ErrorCode::Forbidden, message)
 }
 
 /// What answers a retained `pub` with `id` once the store has its value on disk: `ok`, or
@@ -255,6 +278,8 @@ enum Event {
     End(Ending),
     /// Time to ping the client.
     Ping,
+    /// The auth file was reloaded.
+    Reload,
     /// The socket gave a frame, an error or its end.
     Frame(Option<Result<WsMessage, WsError>>),
 }
@@ -283,8 +308,18 @@ impl Session {
         let cut_off = cut_off.cancelled();
         tokio::pin!(cut_off);
         let mut deadline = WriteDeadline::new(self.config.write_deadline);
+        // Only with an auth file: cancelled when it is reloaded.
+        let mut replaced = self
+            .access
+            .replaced()
+            .map(|t| Box::pin(t.cancelled_owned()));
         loop {
             let event = poll_fn(|cx| {
+                if let Some(reload) = &mut replaced {
+                    if reload.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Reload);
+                    }
+                }
                 if shutdown.as_mut().poll(cx).is_ready() {
                     let ending = Ending::close(CloseCode::Away, "broker shutting down");
                     return Poll::Ready(Event::End(ending));
@@ -312,6 +347,15 @@ impl Session {
             .await;
             match event {
                 Event::End(ending) => return ending,
+                Event::Reload => {
+                    if let Some(ending) = self.on_reload() {
+                        return ending;
+                    }
+                    replaced = self
+                        .access
+                        .replaced()
+                        .map(|t| Box::pin(t.cancelled_owned()));
+                }
                 Event::Ping => {
                     let silent = last_seen.elapsed();
                     if silent > keepalive * 2 {
@@ -329,6 +373,9 @@ impl Session {
                     if let Some(ending) = self.on_message(frame) {
                         return ending;
                     }
+                    if let Some(ending) = self.finish_hello(shutdown.as_mut()).await {
+                        return ending;
+                    }
                     // Frames already read from the socket are handled right away, a bounded
                     // number of them, before the other events get their turn again.
                     for _ in 1..READ_BATCH {
@@ -343,6 +390,9 @@ impl Session {
                             break;
                         };
                         if let Some(ending) = self.on_message(frame) {
+                            return ending;
+                        }
+                        if let Some(ending) = self.finish_hello(shutdown.as_mut()).await {
                             return ending;
                         }
                     }
@@ -444,6 +494,17 @@ impl Session {
         match frame {
             ClientFrame::Pub(p) => {
                 self.tally.messages_in += 1;
+                if !self.access.may_publish(&p.topic) {
+                    return Err(forbidden(id, format!("may not publish on {}", p.topic)));
+                }
+                if let Some(reply) = &p.reply {
+                    if !self.access.may_reply_to(reply) {
+                        return Err(forbidden(
+                            id,
+                            format!("may not ask for replies on {reply}, which it may not read"),
+                        ));
+                    }
+                }
                 let from = self.name.as_ref().map(|(n, _)| n.as_str());
                 // Acknowledged means durable: with a store on disk, a retained `pub`'s `ok`
                 // comes from the store once its value is on disk.
@@ -467,6 +528,12 @@ impl Session {
                 Ok(if answered_later { None } else { ok })
             }
             ClientFrame::Sub { topic, .. } => {
+                if !self.access.may_subscribe(&topic) {
+                    return Err(forbidden(
+                        id,
+                        format!("may not subscribe to {topic}: not all it matches is allowed"),
+                    ));
+                }
                 if !self.filters.contains(&topic)
                     && self.filters.len() >= self.config.max_subscriptions
                 {
@@ -489,33 +556,117 @@ impl Session {
                 }
                 Ok(ok)
             }
-            ClientFrame::Hello { name, kind, .. } => {
-                if let Some((current, _)) = &self.name {
-                    return Err(FrameError::new(
+            ClientFrame::Hello {
+                name, kind, token, ..
+            } => match (token, self.access.auth()) {
+                // A token for a broker with an auth file: checked before anything else is read.
+                (Some(token), Some(_)) => {
+                    self.pending_hello = Some(PendingHello {
+                        name: name.into_owned(),
+                        kind: kind.map(Cow::into_owned),
+                        token: token.into_owned(),
                         id,
-                        ErrorCode::AlreadyNamed,
-                        format!("this connection is already named {current:?}"),
-                    ));
+                    });
+                    Ok(None)
                 }
-                if !self.router.claim_name(&name, self.id) {
-                    return Err(FrameError::new(
-                        id,
-                        ErrorCode::NameTaken,
-                        format!("a client named {name:?} is already online"),
-                    ));
-                }
-                let (name, kind) = (
-                    name.into_owned(),
-                    kind.map_or("client".into(), Cow::into_owned),
-                );
-                self.router
-                    .publish_presence(&name, &kind, true, &self.peer.to_string());
-                tracing::info!(client = self.id, %name, %kind, peer = %self.peer, "hello");
-                self.name = Some((name, kind));
-                Ok(ok)
-            }
+                _ => self.take_name(name.into_owned(), kind.map(Cow::into_owned), id),
+            },
             ClientFrame::Ping { id } => Ok(id.map(|id| ServerFrame::Pong { id })),
         }
+    }
+
+    /// Names the client, if the name is free and its permissions allow it.
+    fn take_name(
+        &mut self,
+        name: String,
+        kind: Option<String>,
+        id: Option<u64>,
+    ) -> Result<Option<ServerFrame<'static>>, FrameError> {
+        if let Some((current, _)) = &self.name {
+            return Err(FrameError::new(
+                id,
+                ErrorCode::AlreadyNamed,
+                format!("this connection is already named {current:?}"),
+            ));
+        }
+        if !self.access.may_take_name(&name) {
+            return Err(forbidden(id, format!("may not take the name {name:?}")));
+        }
+        if !self.router.claim_name(&name, self.id) {
+            return Err(FrameError::new(
+                id,
+                ErrorCode::NameTaken,
+                format!("a client named {name:?} is already online"),
+            ));
+        }
+        let kind = kind.unwrap_or_else(|| "client".into());
+        self.router
+            .publish_presence(&name, &kind, true, &self.peer.to_string());
+        tracing::info!(client = self.id, %name, %kind, peer = %self.peer, user = ?self.access.user(), "hello");
+        self.name = Some((name, kind));
+        Ok(id.map(|id| ServerFrame::Ok { id }))
+    }
+
+    /// Checks the token of a pending `hello`, then names the client. Wrong credentials end
+    /// the session (`auth_failed`, close 1008).
+    async fn finish_hello(
+        &mut self,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Ending> {
+        let hello = self.pending_hello.take()?;
+        let auth = self.access.auth()?.clone();
+        let user = tokio::select! {
+            () = shutdown => {
+                return Some(Ending::close(CloseCode::Away, "broker shutting down"));
+            }
+            user = auth.authenticate(&hello.token, self.peer.ip()) => user.ok(),
+        };
+        let accepted = match (user, self.access.user()) {
+            (Some(user), Some(current)) => user == *current,
+            (Some(user), None) => self.access.become_user(user),
+            (None, _) => false,
+        };
+        if !accepted {
+            self.reply_err(&FrameError::new(
+                hello.id,
+                ErrorCode::AuthFailed,
+                "credentials refused",
+            ));
+            return Some(Ending::close(CloseCode::Policy, "authentication failed"));
+        }
+        match self.take_name(hello.name, hello.kind, hello.id) {
+            Ok(Some(answer)) => self.reply(&answer),
+            Ok(None) => {}
+            Err(err) => self.reply_err(&err),
+        }
+        None
+    }
+
+    /// Puts reloaded rules in force: subscriptions no longer allowed are dropped (and the
+    /// client told); a user gone from the file is disconnected.
+    fn on_reload(&mut self) -> Option<Ending> {
+        if self.access.refresh() == Refreshed::Removed {
+            tracing::info!(client = self.id, user = ?self.access.user(), "user removed from the auth file: disconnected");
+            return Some(Ending::close(
+                CloseCode::Policy,
+                "user removed from the auth file",
+            ));
+        }
+        let lost: Vec<TopicFilter> = self
+            .filters
+            .iter()
+            .filter(|f| !self.access.may_subscribe(f))
+            .cloned()
+            .collect();
+        for filter in lost {
+            self.router.unsubscribe(&filter, self.id);
+            self.filters.remove(&filter);
+            self.reply_err(&forbidden(
+                None,
+                format!("subscription {filter} dropped: no longer allowed"),
+            ));
+        }
+        None
     }
 
     fn reply(&self, frame: &ServerFrame<'_>) {

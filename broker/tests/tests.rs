@@ -9,6 +9,7 @@
 //! its `ok`, a subscriber whose next frame is the `pong` of a `ping` sent after that has been
 //! sent nothing else (see [`harness::assert_quiet`]).
 
+mod auth;
 mod bad_input;
 mod harness;
 mod http;

@@ -39,11 +39,16 @@ pub enum ErrorCode {
     /// A retained `pub` whose value could not be made durable (it was delivered and is held in
     /// memory, but a restart may lose it).
     StoreFailed,
+    /// Credentials (a `hello` token) that the broker does not accept; the connection closes
+    /// (code 1008).
+    AuthFailed,
+    /// A `pub`, `sub` or `hello` name outside the client's permissions; the connection stays.
+    Forbidden,
 }
 
 impl ErrorCode {
     /// Every code, for metrics and documentation.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::BadFrame,
         Self::UnknownOp,
         Self::BadTopic,
@@ -57,6 +62,8 @@ impl ErrorCode {
         Self::AlreadyNamed,
         Self::RetainedFull,
         Self::StoreFailed,
+        Self::AuthFailed,
+        Self::Forbidden,
     ];
 
     /// The wire form, such as `bad_topic`.
@@ -75,6 +82,8 @@ impl ErrorCode {
             Self::AlreadyNamed => "already_named",
             Self::RetainedFull => "retained_full",
             Self::StoreFailed => "store_failed",
+            Self::AuthFailed => "auth_failed",
+            Self::Forbidden => "forbidden",
         }
     }
 

@@ -29,6 +29,10 @@ pub enum ClientFrame<'a> {
         /// What the client is (`pin`, `clock`, `sub`...); free text, one topic level.
         #[serde(skip_serializing_if = "Option::is_none")]
         kind: Option<Cow<'a, str>>,
+        /// Credentials, for a client that could not send them with the upgrade request (see
+        /// the broker's auth file). Never echoed, never logged.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<Cow<'a, str>>,
         /// Correlates the broker's answer.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
@@ -74,9 +78,15 @@ impl ClientFrame<'_> {
     /// The same frame, owning everything (data held as sent is parsed).
     pub fn into_owned(self) -> ClientFrame<'static> {
         match self {
-            Self::Hello { name, kind, id } => ClientFrame::Hello {
+            Self::Hello {
+                name,
+                kind,
+                token,
+                id,
+            } => ClientFrame::Hello {
                 name: Cow::Owned(name.into_owned()),
                 kind: kind.map(|k| Cow::Owned(k.into_owned())),
+                token: token.map(|t| Cow::Owned(t.into_owned())),
                 id,
             },
             Self::Sub { topic, id } => ClientFrame::Sub { topic, id },

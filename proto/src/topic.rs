@@ -334,6 +334,73 @@ impl TopicFilter {
     }
 }
 
+impl TopicFilter {
+    /// Whether every topic `other` can match is matched by `self`: `pin/#` covers `pin/+/state`,
+    /// `#` does not cover `$SYS/#` (wildcards in the first level never match `$` topics).
+    ///
+    /// What a permission check needs: a subscription is allowed when an allowed filter covers it.
+    pub fn covers(&self, other: &TopicFilter) -> bool {
+        let (mine, theirs) = (first_level(self), first_level(other));
+        if is_wildcard(mine) && theirs.starts_with('$') {
+            return false;
+        }
+        covers(self.levels(), other.levels())
+    }
+
+    /// Whether some topic is matched by both filters: `pin/+/state` and `pin/p1/#` overlap,
+    /// `pin/#` and `clock/#` do not, nor `#` and `$SYS/x`.
+    ///
+    /// What a permission check needs: a subscription touching a denied filter is refused.
+    pub fn overlaps(&self, other: &TopicFilter) -> bool {
+        let (a, b) = (first_level(self), first_level(other));
+        if (is_wildcard(a) && b.starts_with('$')) || (is_wildcard(b) && a.starts_with('$')) {
+            return false;
+        }
+        overlaps(self.levels(), other.levels())
+    }
+}
+
+fn first_level(filter: &TopicFilter) -> &str {
+    filter.levels().next().unwrap_or_default()
+}
+
+fn is_wildcard(level: &str) -> bool {
+    level == "+" || level == "#"
+}
+
+/// Level by level: whether the filter `a` matches all that `f` matches (no `$` rule).
+fn covers(mut a: Levels<'_>, mut f: Levels<'_>) -> bool {
+    loop {
+        match (a.next(), f.next()) {
+            // `#` matches its parent level and anything below.
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            // `f` goes on (deeper topics, or any depth under its `#`) where `a` stops.
+            (None, Some(_)) => return false,
+            // `f` stops (a topic ending here) where `a` wants a further level.
+            (Some(_), None) => return false,
+            // Anything left of `a` but `#` misses some of what `f`'s `#` matches.
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Level by level: whether some topic matches both `a` and `b` (no `$` rule).
+fn overlaps(mut a: Levels<'_>, mut b: Levels<'_>) -> bool {
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 impl TryFrom<String> for TopicFilter {
     type Error = TopicError;
     fn try_from(s: String) -> Result<Self, TopicError> {
@@ -507,6 +574,86 @@ mod tests {
         prop_oneof![3 => level(), 1 => Just("+".to_string())]
     }
 
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::new(s).unwrap()
+    }
+
+    #[test]
+    fn coverage_table() {
+        let cases = [
+            ("#", "pin/+/state", true),
+            ("pin/#", "pin/+/state", true),
+            ("pin/#", "pin", true),
+            ("pin/+/state", "pin/#", false),
+            ("pin/#", "#", false),
+            ("pin/+", "pin/p1", true),
+            ("pin/p1", "pin/+", false),
+            ("pin/+", "pin/+/x", false),
+            ("pin/+/#", "pin/#", false),
+            ("pin/+/#", "pin/a/#", true),
+            ("#", "$SYS/#", false),
+            ("+/#", "$SYS/nodes", false),
+            ("$SYS/#", "$SYS/nodes/+", true),
+            ("$SYS/nodes/#", "$SYS/#", false),
+            ("#", "+/x", true),
+            ("#", "#", true),
+        ];
+        for (a, f, expected) in cases {
+            assert_eq!(filter(a).covers(&filter(f)), expected, "{a} covers {f}");
+        }
+    }
+
+    #[test]
+    fn overlap_table() {
+        let cases = [
+            ("pin/+/state", "pin/p1/#", true),
+            ("pin/#", "clock/#", false),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/#", false),
+            ("$SYS/#", "$SYS/nodes/+", true),
+            ("a/b", "a/b/c", false),
+            ("a/#", "a", true),
+            ("a/+", "a", false),
+            ("+/b", "a/+", true),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(filter(a).overlaps(&filter(b)), expected, "{a} overlaps {b}");
+            assert_eq!(filter(b).overlaps(&filter(a)), expected, "{b} overlaps {a}");
+        }
+    }
+
+    /// Every topic of up to five levels over `a`, `b`, `$SYS` and `z`, a level no generated
+    /// filter names, so that it stands for whatever a wildcard could match.
+    fn universe() -> Vec<TopicName> {
+        let levels = ["a", "b", "$SYS", "z"];
+        let mut all: Vec<Vec<&str>> = vec![vec![]];
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            all = all
+                .iter()
+                .flat_map(|t| {
+                    levels.iter().map(move |l| {
+                        let mut t = t.clone();
+                        t.push(l);
+                        t
+                    })
+                })
+                .collect();
+            out.extend(all.iter().map(|t| TopicName::system(t.join("/")).unwrap()));
+        }
+        out
+    }
+
+    fn short_filter() -> impl Strategy<Value = TopicFilter> {
+        let level = prop::sample::select(vec!["a", "b", "$SYS", "+"]);
+        (prop::collection::vec(level, 1..4), any::<bool>()).prop_map(|(mut levels, hash)| {
+            if hash {
+                levels.push("#");
+            }
+            TopicFilter::new(levels.join("/")).unwrap()
+        })
+    }
+
     proptest! {
         #[test]
         fn matcher_agrees_with_naive_reference(
@@ -523,6 +670,15 @@ mod tests {
             let name = TopicName::system(topic.join("/")).unwrap();
             let filt = TopicFilter::new(filter.join("/")).unwrap();
             prop_assert_eq!(filt.matches(&name), expected);
+        }
+
+        #[test]
+        fn covers_and_overlaps_agree_with_every_topic(a in short_filter(), b in short_filter()) {
+            let topics = universe();
+            let covered = topics.iter().all(|t| !b.matches(t) || a.matches(t));
+            let shared = topics.iter().any(|t| a.matches(t) && b.matches(t));
+            prop_assert_eq!(a.covers(&b), covered, "{} covers {}", a, b);
+            prop_assert_eq!(a.overlaps(&b), shared, "{} overlaps {}", a, b);
         }
 
         #[test]

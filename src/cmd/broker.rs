@@ -65,6 +65,29 @@ pub struct Args {
     /// Seconds between publications of `$SYS/broker/stats`; 0 turns them off.
     #[arg(long, default_value_t = 10.0)]
     pub stats_interval: f64,
+    /// The auth file (TOML: users, argon2id tokens, publish/subscribe permissions). Without
+    /// it, anyone who reaches the port may do anything. `kill -HUP` reloads it.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// An origin whose web pages may open WebSockets here, besides the broker's own
+    /// (`https://app.example:8443`; `*` allows any). Repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+    /// TLS certificate chain (PEM): serve wss:// and https:// on the port.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate the broker makes itself on first start and keeps in its
+    /// data directory; its fingerprint is advertised over mDNS for nodes to pin.
+    #[arg(long)]
+    pub tls_self_signed: bool,
     #[command(flatten)]
     pub mdns: super::MdnsArgs,
 }
@@ -99,6 +122,70 @@ pub fn default_data_dir(name: &str) -> anyhow::Result<PathBuf> {
     Ok(state.join("breadboard").join(name))
 }
 
+/// Where a self-signed certificate is kept, and the host name it is made for.
+struct TlsPlace {
+    data_dir: Option<PathBuf>,
+    host: String,
+}
+
+/// The TLS certificate the flags ask for, if any.
+fn tls_identity(args: &Args, place: &TlsPlace) -> anyhow::Result<Option<broker::tls::TlsIdentity>> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let identity = broker::tls::TlsIdentity::from_pem_files(cert, key)
+            .context("cannot use --tls-cert/--tls-key")?;
+        return Ok(Some(identity));
+    }
+    if !args.tls_self_signed {
+        return Ok(None);
+    }
+    if place.data_dir.is_none() {
+        tracing::warn!("--tls-self-signed with --in-memory: a new certificate (and fingerprint) at every start");
+    }
+    let identity = broker::tls::TlsIdentity::self_signed(place.data_dir.as_deref(), &place.host)
+        .context("cannot set up --tls-self-signed")?;
+    Ok(Some(identity))
+}
+
+/// Reloads the auth file on `SIGHUP`; without one, says there is nothing to reload (rather
+/// than letting the signal end the broker).
+fn reload_on_hangup(auth: Option<std::sync::Arc<broker::auth::Auth>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let Some(auth) = &auth else {
+                tracing::info!("SIGHUP: no auth file to reload");
+                continue;
+            };
+            match auth.reload() {
+                Ok(users) => {
+                    tracing::info!(users, file = %auth.path().display(), "auth file reloaded")
+                }
+                Err(e) => tracing::error!("auth file not reloaded, the rules in force stay: {e}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The addresses a broker bound to `addr` can be reached on: every interface's for `0.0.0.0`.
+fn reachable_on(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    let ips: Vec<String> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback() && i.ip().is_ipv4() == addr.is_ipv4())
+        .map(|i| format!("{}:{}", i.ip(), addr.port()))
+        .collect();
+    if ips.is_empty() {
+        addr.to_string()
+    } else {
+        ips.join(", ")
+    }
+}
+
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .with_context(|| format!("--{name} {value} is not a duration in seconds"))
@@ -120,11 +207,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "--presence-ttl must be more than 0"
     );
     let stats = seconds("stats-interval", args.stats_interval)?;
-    let name = args.name.unwrap_or_else(host_name);
-    let data_dir = match (args.in_memory, args.data_dir) {
+    let name = args.name.clone().unwrap_or_else(host_name);
+    let data_dir = match (args.in_memory, &args.data_dir) {
         (true, _) => None,
-        (false, Some(dir)) => Some(dir),
+        (false, Some(dir)) => Some(dir.clone()),
         (false, None) => Some(default_data_dir(&name)?),
+    };
+    let name_for_tls = TlsPlace {
+        data_dir: data_dir.clone(),
+        host: host_name(),
     };
     let config = broker::Config {
         name,
@@ -143,6 +234,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_retained_bytes: args.max_retained_bytes,
         keepalive,
         stats_interval: (!stats.is_zero()).then_some(stats),
+        auth_file: args.auth.clone(),
+        allow_origins: args.allow_origins.clone(),
+        tls: tls_identity(&args, &name_for_tls)?,
         ..broker::Config::default()
     };
     // The data directory is opened before anything is bound: a locked or corrupt one stops
@@ -153,6 +247,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let broker = broker::Broker::open(config.clone())
         .await
         .context("cannot start the broker")?;
+    if let Some(auth) = broker.auth() {
+        tracing::info!(file = %auth.path().display(), users = auth.rules().users.len(), "auth file in force");
+    }
+    reload_on_hangup(broker.auth().cloned())?;
     // Interfaces are checked before anything is bound: a typo fails at once.
     let mdns = args.mdns.start()?;
     let shutdown = super::shutdown_on_signal()?;
@@ -161,8 +259,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     // Scripts and tests read this line to find the port.
-    println!("listening on ws://{addr}");
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    println!("listening on {scheme}://{addr}");
+    if let Some(tls) = &config.tls {
+        println!("tls fingerprint sha256:{}", tls.fingerprint_hex());
+    }
     std::io::stdout().flush()?;
+    if config.auth_file.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            addresses = %reachable_on(addr),
+            "no --auth: anyone who can reach these addresses may publish and subscribe to anything"
+        );
+    }
     if let Some(mdns) = &mdns {
         let advert = Advert {
             service_type: discovery::BROKER_TYPE,

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod demo;
 pub mod ls;
 pub mod node;
+pub mod passwd;
 pub mod publish;
 pub mod req;
 pub mod sub;

@@ -28,18 +28,7 @@ pub struct Broker {
 impl Broker {
     /// Starts `broker::run` with `config` on `127.0.0.1:0`.
     fn start(config: Config) -> Broker {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("test-broker")
-            .enable_all()
-            .build()
-            .expect("a runtime for the broker");
-        // Bound here rather than with `block_on`, which a test's own runtime forbids.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking listener");
-        let addr = listener.local_addr().expect("the bound address");
+        let (runtime, listener, addr) = runtime_and_port();
         let listener = {
             let _context = runtime.enter();
             tokio::net::TcpListener::from_std(listener).expect("a tokio listener")
@@ -58,6 +47,38 @@ impl Broker {
         let mut config = Config::default();
         change(&mut config);
         Self::start(config)
+    }
+
+    /// A broker with `auth_file` in force, and the handle to reload it. Opened (the file read)
+    /// on the broker's runtime before it serves.
+    pub fn with_auth(auth_file: &std::path::Path) -> (Broker, std::sync::Arc<broker::auth::Auth>) {
+        let config = Config {
+            auth_file: Some(auth_file.to_path_buf()),
+            stats_interval: None,
+            ..Config::default()
+        };
+        let (runtime, listener, addr) = runtime_and_port();
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            let opened = broker::Broker::open(config)
+                .await
+                .expect("the broker opens");
+            let auth = opened.auth().cloned().expect("an auth file in force");
+            let _ = opened_tx.send(auth);
+            let _ = opened.serve(listener, stop).await;
+        });
+        let auth = opened_rx
+            .recv_timeout(WAIT)
+            .expect("the broker opened in time");
+        let broker = Broker {
+            addr,
+            shutdown,
+            runtime: Some(runtime),
+        };
+        (broker, auth)
     }
 
     /// A broker with the default settings but no `$SYS/broker/stats`, which would otherwise be
@@ -86,6 +107,23 @@ impl Broker {
         self.metric("breadboard_slow_consumer_disconnects_total")
             .await
     }
+}
+
+/// The broker's own runtime, and a loopback port bound for it (bound here rather than with
+/// `block_on`, which a test's own runtime forbids).
+fn runtime_and_port() -> (Runtime, std::net::TcpListener, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("test-broker")
+        .enable_all()
+        .build()
+        .expect("a runtime for the broker");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let addr = listener.local_addr().expect("the bound address");
+    (runtime, listener, addr)
 }
 
 impl Default for Broker {

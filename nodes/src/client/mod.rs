@@ -257,6 +257,7 @@ impl Client {
         self.call(|id| ClientFrame::Hello {
             name: name.into(),
             kind: kind.map(Into::into),
+            token: None,
             id: Some(id),
         })
         .await

@@ -36,6 +36,8 @@ pub(crate) struct Envelope<'a, D> {
     pub name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub token: Option<Cow<'a, str>>,
 }
 
 impl<'a, D> Envelope<'a, D> {
@@ -49,21 +51,29 @@ impl<'a, D> Envelope<'a, D> {
             reply: self.reply,
             name: self.name,
             kind: self.kind,
+            token: self.token,
         }
     }
 }
 
-/// An envelope's fields as plain values, to compare envelopes in tests: the five strings (`op`,
-/// `topic`, `reply`, `name`, `kind`), `id`, `retain`, and `data` as the test wants it.
+/// An envelope's fields as plain values, to compare envelopes in tests: the six strings (`op`,
+/// `topic`, `reply`, `name`, `kind`, `token`), `id`, `retain`, and `data` as the test wants it.
 #[cfg(test)]
-pub(crate) type PlainEnvelope<T> = ([Option<String>; 5], Option<u64>, Option<bool>, Option<T>);
+pub(crate) type PlainEnvelope<T> = ([Option<String>; 6], Option<u64>, Option<bool>, Option<T>);
 
 #[cfg(test)]
 impl<D> Envelope<'_, D> {
     /// The fields as plain values, `data` turned by `data` (`None` for data that means null).
     pub(crate) fn plain<T>(&self, data: impl Fn(&D) -> Option<T>) -> PlainEnvelope<T> {
         let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_owned);
-        let strings = [&self.op, &self.topic, &self.reply, &self.name, &self.kind];
+        let strings = [
+            &self.op,
+            &self.topic,
+            &self.reply,
+            &self.name,
+            &self.kind,
+            &self.token,
+        ];
         (
             strings.map(text),
             self.id,
@@ -84,6 +94,7 @@ impl<D> Default for Envelope<'_, D> {
             reply: None,
             name: None,
             kind: None,
+            token: None,
         }
     }
 }
@@ -197,6 +208,7 @@ pub(crate) fn validate<'a, D>(
             Ok(ClientFrame::Hello {
                 name,
                 kind: env.kind,
+                token: env.token,
                 id,
             })
         }

@@ -236,6 +236,7 @@ pub(crate) fn envelope(text: &str) -> Option<Envelope<'_, &str>> {
                 "reply" => set(&mut env.reply, Cow::Borrowed(r.string()?))?,
                 "name" => set(&mut env.name, Cow::Borrowed(r.string()?))?,
                 "kind" => set(&mut env.kind, Cow::Borrowed(r.string()?))?,
+                "token" => set(&mut env.token, Cow::Borrowed(r.string()?))?,
                 "id" => set(&mut env.id, r.integer()?)?,
                 "retain" => set(&mut env.retain, r.boolean()?)?,
                 "data" => set(&mut env.data, r.value()?)?,
@@ -257,8 +258,8 @@ pub(crate) fn envelope(text: &str) -> Option<Envelope<'_, &str>> {
 }
 
 /// The envelope's keys, most frequent first: matched whole, before any scanning.
-const KEYS: [&str; 8] = [
-    "op", "topic", "data", "id", "retain", "reply", "name", "kind",
+const KEYS: [&str; 9] = [
+    "op", "topic", "data", "id", "retain", "reply", "name", "kind", "token",
 ];
 /// The ops, most frequent first.
 const OPS: [&str; 5] = ["pub", "sub", "ping", "unsub", "hello"];
@@ -509,8 +510,8 @@ mod tests {
     /// Frames of the usual keys in any order, duplicates and strangers included.
     fn frame() -> impl Strategy<Value = String> {
         let key = prop::sample::select(vec![
-            "op", "topic", "reply", "name", "kind", "id", "retain", "data", "data", "topic",
-            "other", "o\\u0070",
+            "op", "topic", "reply", "name", "kind", "token", "id", "retain", "data", "data",
+            "topic", "other", "o\\u0070",
         ]);
         let field = (ws(), key, ws(), ws(), value(), ws())
             .prop_map(|(a, k, b, c, v, d)| format!("{a}\"{k}\"{b}:{c}{v}{d}"));

@@ -205,6 +205,7 @@ mod tests {
             ClientFrame::Hello {
                 name: "pin-1".into(),
                 kind: Some("pin".into()),
+                token: None,
                 id: None
             }
         );
@@ -564,11 +565,13 @@ mod tests {
             (
                 "[a-z][a-z0-9-]{0,10}",
                 prop::option::of("[a-z]{1,8}"),
+                prop::option::of("[!-~]{1,20}"),
                 id.clone()
             )
-                .prop_map(|(name, kind, id)| ClientFrame::Hello {
+                .prop_map(|(name, kind, token, id)| ClientFrame::Hello {
                     name: name.into(),
                     kind: kind.map(Cow::Owned),
+                    token: token.map(Cow::Owned),
                     id
                 }),
             (filter(), id.clone()).prop_map(|(topic, id)| ClientFrame::Sub { topic, id }),

@@ -176,6 +176,7 @@ pub(crate) fn envelope(bytes: &[u8]) -> Option<Envelope<'_, &[u8]>> {
             b"reply" => set(&mut env.reply, Cow::Borrowed(string(&mut rest)?))?,
             b"name" => set(&mut env.name, Cow::Borrowed(string(&mut rest)?))?,
             b"kind" => set(&mut env.kind, Cow::Borrowed(string(&mut rest)?))?,
+            b"token" => set(&mut env.token, Cow::Borrowed(string(&mut rest)?))?,
             b"id" => set(&mut env.id, unsigned(&mut rest)?)?,
             b"retain" => set(&mut env.retain, boolean(&mut rest)?)?,
             b"data" => {

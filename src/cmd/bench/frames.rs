@@ -67,6 +67,7 @@ pub fn hello(name: &str, kind: &str, id: u64, enc: Encoding) -> Vec<u8> {
     let frame = ClientFrame::Hello {
         name: Cow::Borrowed(name),
         kind: Some(Cow::Borrowed(kind)),
+        token: None,
         id: Some(id),
     };
     to_websocket(&frame, enc)
@@ -178,7 +179,8 @@ mod tests {
                 ws[header.len..].to_vec()
             };
             let hello = body(&hello("soak-1", "soak", 1, enc));
-            let Ok(ClientFrame::Hello { name, kind, id }) = ClientFrame::decode(&hello, enc) else {
+            let Ok(ClientFrame::Hello { name, kind, id, .. }) = ClientFrame::decode(&hello, enc)
+            else {
                 panic!("not a hello frame");
             };
             assert_eq!(
