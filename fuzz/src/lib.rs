@@ -9,6 +9,7 @@
 //!   decodes to the same frame, in both encodings.
 //! - [`topic`]: topic names and filters, and matching: the broker's trie delivers to exactly the
 //!   subscribers the reference rule (`TopicFilter::matches`) selects, also after removals.
+//! - [`auth_file`]: the auth file (TOML): rules or an error, and rules that mean what they say.
 //! - [`http_head`]: the HTTP request head; whatever part of a head has arrived, the answer is
 //!   the one the whole head gives (the listener parses the buffer again as bytes come in).
 //!
@@ -158,6 +159,23 @@ pub fn topic(bytes: &[u8]) {
         }
     }
 
+    // Coverage and overlap, as permission checks use them, agree with matching on every name
+    // at hand: what a filter covers, it matches; filters that do not overlap share no name.
+    for (_, a) in filters.iter().take(12) {
+        for (_, b) in filters.iter().take(12) {
+            assert!(a.covers(a), "{a} covers itself");
+            assert_eq!(a.overlaps(b), b.overlaps(a), "overlap of {a} and {b} is symmetric");
+            for name in &names {
+                if a.covers(b) && b.matches(name) {
+                    assert!(a.matches(name), "{a} covers {b} but misses {name}");
+                }
+                if a.matches(name) && b.matches(name) {
+                    assert!(a.overlaps(b), "{a} and {b} share {name} but do not overlap");
+                }
+            }
+        }
+    }
+
     let mut trie = Trie::default();
     let mut live: Vec<(u64, TopicFilter)> = Vec::new();
     for (id, filter) in &filters {
@@ -190,6 +208,29 @@ pub fn topic(bytes: &[u8]) {
     }
     assert!(trie.is_empty(), "{} left after removing all", trie.len());
     agree(&trie, &[], &names);
+}
+
+/// An auth file: any text is rules or a clear error, never a panic; rules read from it use no
+/// `%u` any more, and allow nothing to a user beyond its own publish filters.
+pub fn auth_file(bytes: &[u8]) {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    let Ok(rules) = broker::auth::parse_text(text, std::path::Path::new("fuzz.toml")) else {
+        return;
+    };
+    for user in rules.users.values() {
+        let p = &user.permissions;
+        for f in p.publish.allow.iter().chain(&p.subscribe.allow) {
+            assert!(!f.as_str().contains("%u"), "%u left in {f}");
+        }
+        for f in &p.publish.allow {
+            if let Ok(name) = TopicName::system(f.as_str()) {
+                let denied = p.publish.deny.iter().any(|d| d.matches(&name));
+                assert_eq!(p.publish.allows_topic(&name), !denied, "{f} for {}", user.name);
+            }
+        }
+    }
 }
 
 /// What names and filters have in common, as the protocol states it: 1 to 1024 bytes, no NUL,
@@ -257,6 +298,13 @@ pub fn http_head(bytes: &[u8]) {
         matches!(&alone, Ok(Some(h)) if h.rest.is_empty() && *h == Head { rest: Vec::new(), ..head.clone() }),
         "the head alone reads otherwise: {alone:?}"
     );
+    // What the listener asks of a head never fails, whatever the headers hold.
+    let token = head.token();
+    if let (Some(value), Some(token)) = (&head.authorization, &token) {
+        assert!(value.contains(token.as_str()), "a token not from its header");
+    }
+    let _ = head.origin_allowed(false, &[]);
+    let _ = head.origin_allowed(true, &["*".to_string()]);
     // Any part of it is incomplete (not an error: more may come).
     let some_cut = usize::from(bytes[0]) * len / 256;
     for cut in [len - 1, len / 2, some_cut] {

@@ -89,6 +89,14 @@ pub fn load(path: &Path) -> Result<Rules, AuthFileError> {
     parse(&text).map_err(|e| e.at(path))
 }
 
+/// Reads the text of an auth file; errors name `path` as where it came from.
+///
+/// # Errors
+/// As [`load`], but for reading.
+pub fn parse_text(text: &str, path: &Path) -> Result<Rules, AuthFileError> {
+    parse(text).map_err(|e| e.at(path))
+}
+
 /// A mistake before the file's path is known.
 #[derive(Debug)]
 pub(crate) enum Mistake {

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 pub(crate) use access::Access;
-pub use file::AuthFileError;
+pub use file::{parse_text, AuthFileError};
 pub use rules::{FilterRules, Names, Permissions, Rules, User};
 pub use tokens::{generate as generate_token, hash as hash_token, TokenError};
 
