@@ -456,3 +456,61 @@ fn demo_with_lan_is_seen_from_another_host() {
     assert_eq!(sub.lines().count(), 2, "{sub}");
     demo.terminate();
 }
+
+#[test]
+fn a_node_pins_the_fingerprint_a_tls_broker_advertises() {
+    let Some(lan) = Lan::flat(
+        "a_node_pins_the_fingerprint_a_tls_broker_advertises",
+        &[("a", 1), ("b", 2), ("c", 3)],
+    ) else {
+        return;
+    };
+    let broker = lan.start("a", &["broker", "--name", "secure", "--tls-self-signed"]);
+    broker.expect_line("listening on wss://");
+    let line = broker.expect_line("tls fingerprint sha256:");
+    let fingerprint = line
+        .rsplit("sha256:")
+        .next()
+        .expect("a fingerprint")
+        .trim()
+        .to_string();
+    assert_eq!(fingerprint.len(), 64, "{line}");
+
+    // No address, no TLS flag: the node finds the broker over mDNS and pins what it advertises.
+    let started = Instant::now();
+    let pin = lan.start("b", &["node", "pin", "--name", "pin-1", "--seed", "3"]);
+    let connected = time_to(&pin, "online at wss://10.77.0.1:8765", started);
+    eprintln!("TLS broker found and pinned by a node across hosts: {connected:?}");
+
+    // ls on a third host shows that the broker asks for TLS, with the fingerprint it printed.
+    let entries = ls(&lan, "c", &[]);
+    let secure = entries
+        .iter()
+        .find(|e| e["role"] == "broker")
+        .unwrap_or_else(|| panic!("a broker in {entries:?}"));
+    assert_eq!(secure["tls"], true, "{secure}");
+    assert_eq!(secure["fingerprint"], fingerprint.as_str(), "{secure}");
+    assert_eq!(secure["auth"], false, "{secure}");
+    assert_eq!(names(&entries, "node"), vec!["pin-1"]);
+
+    // A tool with no flag pins it too, and reads the pin's retained state over TLS.
+    let sub = lan.run(
+        "c",
+        &["sub", "pin/+/state", "-n", "1", "--timeout", "10"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(sub.lines().count(), 1, "{sub}");
+
+    // A fingerprint given on the command line rules, strictly: a wrong one is refused.
+    let wrong = "00".repeat(32);
+    let mut refused = lan.start(
+        "c",
+        &["sub", "pin/+/state", "-n", "1", "--fingerprint", &wrong],
+    );
+    let status = refused
+        .wait_exit(Duration::from_secs(20))
+        .expect("a refused sub exits");
+    assert!(!status.success(), "a wrong --fingerprint must be refused");
+    pin.terminate();
+    drop((pin, broker));
+}

@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Access, Auth};
+use crate::auth::{Access, Auth, AuthFailed};
 use crate::config::Config;
 use crate::head::{Head, MAX_HEAD_BYTES};
 use crate::metrics::Metrics;
@@ -29,6 +29,8 @@ use crate::{http, session, Result};
 
 /// How long a new connection may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long checking an upgrade's credentials may take (a wait after failures included).
+const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -426,9 +428,13 @@ async fn upgrade<S>(
         Some(auth) => {
             let user = match head.token() {
                 None => Ok(None),
+                // Bounded: behind a flood of wrong tokens (checked two at a time) a client
+                // gets a refusal rather than an endless wait.
                 Some(token) => tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    user = auth.authenticate(&token, peer.ip()) => user.map(Some),
+                    user = timeout(AUTH_TIMEOUT, auth.authenticate(&token, peer.ip())) => {
+                        user.unwrap_or(Err(AuthFailed)).map(Some)
+                    }
                 },
             };
             user.ok().and_then(|user| Access::new(auth.clone(), user))

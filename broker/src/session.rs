@@ -623,7 +623,12 @@ impl Session {
         };
         let accepted = match (user, self.access.user()) {
             (Some(user), Some(current)) => user == *current,
-            (Some(user), None) => self.access.become_user(user),
+            (Some(user), None) => {
+                let became = self.access.become_user(user);
+                // What it subscribed to as anonymous must suit the user too.
+                self.drop_disallowed();
+                became
+            }
             (None, _) => false,
         };
         if !accepted {
@@ -652,6 +657,12 @@ impl Session {
                 "user removed from the auth file",
             ));
         }
+        self.drop_disallowed();
+        None
+    }
+
+    /// Drops the subscriptions the permissions in force do not allow, telling the client of each.
+    fn drop_disallowed(&mut self) {
         let lost: Vec<TopicFilter> = self
             .filters
             .iter()
@@ -666,7 +677,6 @@ impl Session {
                 format!("subscription {filter} dropped: no longer allowed"),
             ));
         }
-        None
     }
 
     fn reply(&self, frame: &ServerFrame<'_>) {

@@ -16,8 +16,11 @@ pub struct BrokerChoice {
     pub name: String,
     /// Its DNS-SD full name, for [`Discovery::verify`].
     pub fullname: String,
-    /// Where to connect.
+    /// Where to connect (`wss://` when it serves TLS).
     pub url: String,
+    /// The SHA-256 of its TLS certificate, as advertised (TXT `fp`): what a client pins when
+    /// it was told no trust of its own.
+    pub fingerprint: Option<[u8; 32]>,
 }
 
 impl BrokerChoice {
@@ -31,6 +34,7 @@ impl BrokerChoice {
             name: service.name.clone(),
             fullname: service.fullname.clone(),
             url: service.broker_url()?,
+            fingerprint: service.fingerprint(),
         })
     }
 }
@@ -115,10 +119,12 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::records::broker_txt;
+    use crate::records::{broker_txt, BrokerSecurity};
 
     fn broker(name: &str, proto: &str) -> Service {
-        let mut txt: BTreeMap<String, String> = broker_txt(name).into_iter().collect();
+        let mut txt: BTreeMap<String, String> = broker_txt(name, &BrokerSecurity::default())
+            .into_iter()
+            .collect();
         txt.insert("proto".into(), proto.into());
         Service {
             fullname: format!("{name}.{BROKER_TYPE}"),
@@ -136,6 +142,19 @@ mod tests {
         assert!(BrokerChoice::of(&broker("a", &ours)).is_some());
         assert!(BrokerChoice::of(&broker("b", "999")).is_none());
         assert!(BrokerChoice::of(&broker("c", "")).is_none());
+    }
+
+    #[test]
+    fn a_tls_broker_is_chosen_with_its_fingerprint() {
+        let ours = proto::PROTOCOL_VERSION.to_string();
+        let mut service = broker("a", &ours);
+        service.txt.insert("tls".into(), "1".into());
+        service.txt.insert("fp".into(), "01".repeat(32));
+        let choice = BrokerChoice::of(&service).unwrap();
+        assert_eq!(choice.url, "wss://10.0.0.1:8765/");
+        assert_eq!(choice.fingerprint, Some([1; 32]));
+        let plain = BrokerChoice::of(&broker("b", &ours)).unwrap();
+        assert_eq!(plain.fingerprint, None);
     }
 
     #[test]

@@ -10,14 +10,16 @@
 //! - [`browse`]: watching one service type ([`Browser`]) as services come and go ([`Seen`]),
 //!   and [`Discovery::verify`] to learn quickly that one has left.
 //! - [`records`]: what goes on the LAN: the service types ([`BROKER_TYPE`], [`NODE_TYPE`]), the
-//!   TXT records of brokers and nodes ([`broker_txt`], [`node_txt`]), a service as seen
-//!   ([`Service`]), and the mDNS size limits.
+//!   TXT records of brokers and nodes ([`broker_txt`] with the broker's [`BrokerSecurity`]:
+//!   `tls`, `fp`, `auth`; [`node_txt`]), a service as seen ([`Service`]), and the mDNS size
+//!   limits.
 //! - [`brokers`]: which broker a node or a tool should use ([`BrokerChoice`], [`pick`]), kept
 //!   up to date as brokers come and go by [`follow_brokers`].
 //! - [`error`]: [`Error`], what can go wrong.
 //!
 //! ```text
-//!  broker ── advertise _breadboard._tcp.local. (TXT proto, name, path, enc) ──┐
+//!  broker ── advertise _breadboard._tcp.local. (TXT proto, name, path, enc,    ┐
+//!                                               [tls, fp, auth])              │
 //!  node ──── advertise _bbnode._tcp.local.     (TXT proto, name, kind, broker) ┤ multicast
 //!  node ──── browse _breadboard._tcp.local. ─► follow_brokers ─► watch<Option<BrokerChoice>>
 //!  ls ────── browse both ─► table / --watch
@@ -47,5 +49,6 @@ pub use browse::{Browser, Seen, VERIFY_TIMEOUT};
 pub use daemon::Discovery;
 pub use error::{Error, Result};
 pub use records::{
-    broker_txt, node_txt, truncate_utf8, Service, BROKER_TYPE, MAX_INSTANCE_BYTES, NODE_TYPE,
+    broker_txt, node_txt, truncate_utf8, BrokerSecurity, Service, BROKER_TYPE, MAX_INSTANCE_BYTES,
+    NODE_TYPE,
 };

@@ -41,22 +41,81 @@ impl Service {
         self.get("proto").and_then(|v| v.parse().ok())
     }
 
-    /// For a broker: the WebSocket URL of its first address.
+    /// For a broker: the WebSocket URL of its first address, `wss://` when it serves TLS.
     pub fn broker_url(&self) -> Option<String> {
         let addr = self.addrs.first()?;
         let path = self.get("path").unwrap_or("/");
-        Some(format!("ws://{addr}:{}{path}", self.port))
+        let scheme = if self.tls() { "wss" } else { "ws" };
+        Some(format!("{scheme}://{addr}:{}{path}", self.port))
+    }
+
+    /// For a broker: whether it serves TLS (TXT `tls=1`).
+    pub fn tls(&self) -> bool {
+        self.get("tls") == Some("1")
+    }
+
+    /// For a broker serving TLS: the SHA-256 of its certificate (TXT `fp`, 64 hex digits), for
+    /// a client to pin. `None` without TLS, or when the value is not a fingerprint.
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        if !self.tls() {
+            return None;
+        }
+        decode_fingerprint(self.get("fp")?)
+    }
+
+    /// For a broker: whether it asks for credentials (TXT `auth=1`).
+    pub fn auth(&self) -> bool {
+        self.get("auth") == Some("1")
     }
 }
 
-/// The TXT record of a broker.
-pub fn broker_txt(name: &str) -> Vec<(String, String)> {
-    vec![
+/// What a broker tells the LAN of its security, for its TXT record ([`broker_txt`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerSecurity {
+    /// With TLS on, the SHA-256 of its leaf certificate's DER, as hex (a `sha256:` prefix and
+    /// colons are accepted and dropped); `None`: no TLS.
+    pub tls_fingerprint: Option<String>,
+    /// Whether an auth file is in force (clients need credentials to do anything much).
+    pub auth: bool,
+}
+
+/// The TXT record of a broker: `proto`, `name`, `path`, `enc`, and with TLS `tls=1` and
+/// `fp=<64 hex>`, with an auth file `auth=1`.
+pub fn broker_txt(name: &str, security: &BrokerSecurity) -> Vec<(String, String)> {
+    let mut txt = vec![
         ("proto".into(), proto::PROTOCOL_VERSION.to_string()),
         ("name".into(), txt_value(name)),
         ("path".into(), "/".into()),
         ("enc".into(), "json,msgpack".into()),
-    ]
+    ];
+    if let Some(fp) = &security.tls_fingerprint {
+        txt.push(("tls".into(), "1".into()));
+        let hex: String = fp
+            .strip_prefix("sha256:")
+            .unwrap_or(fp)
+            .chars()
+            .filter(|c| *c != ':')
+            .collect();
+        txt.push(("fp".into(), txt_value(&hex.to_ascii_lowercase())));
+    }
+    if security.auth {
+        txt.push(("auth".into(), "1".into()));
+    }
+    txt
+}
+
+/// Reads 64 hex digits (either case) as 32 bytes.
+fn decode_fingerprint(hex: &str) -> Option<[u8; 32]> {
+    let digits = hex.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The TXT record of a node.
@@ -116,9 +175,65 @@ mod tests {
             name: "b".into(),
             addrs: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)],
             port: 8765,
-            txt: broker_txt("b").into_iter().collect(),
+            txt: broker_txt("b", &BrokerSecurity::default())
+                .into_iter()
+                .collect(),
         };
         assert_eq!(s.broker_url().as_deref(), Some("ws://10.0.0.2:8765/"));
         assert_eq!(s.proto_version(), Some(proto::PROTOCOL_VERSION));
+        assert!(!s.tls() && !s.auth());
+        assert_eq!(s.fingerprint(), None);
+    }
+
+    fn broker_with(security: &BrokerSecurity) -> Service {
+        Service {
+            fullname: "b._breadboard._tcp.local.".into(),
+            service_type: BROKER_TYPE.into(),
+            name: "b".into(),
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 2)],
+            port: 8765,
+            txt: broker_txt("b", security).into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn an_open_broker_says_nothing_of_tls_or_auth() {
+        let txt = broker_txt("b", &BrokerSecurity::default());
+        assert!(txt
+            .iter()
+            .all(|(k, _)| !["tls", "fp", "auth"].contains(&k.as_str())));
+    }
+
+    #[test]
+    fn a_tls_broker_advertises_wss_and_its_fingerprint() {
+        let hex = "ab".repeat(32);
+        let s = broker_with(&BrokerSecurity {
+            tls_fingerprint: Some(format!("sha256:{}", "AB:".repeat(31) + "AB")),
+            auth: true,
+        });
+        assert_eq!(s.get("tls"), Some("1"));
+        assert_eq!(s.get("fp"), Some(hex.as_str()));
+        assert_eq!(s.get("auth"), Some("1"));
+        assert_eq!(s.broker_url().as_deref(), Some("wss://10.0.0.2:8765/"));
+        assert_eq!(s.fingerprint(), Some([0xab; 32]));
+        assert!(s.tls() && s.auth());
+    }
+
+    #[test]
+    fn a_bad_fingerprint_is_no_fingerprint() {
+        let mut s = broker_with(&BrokerSecurity {
+            tls_fingerprint: Some("00".repeat(32)),
+            auth: false,
+        });
+        assert_eq!(s.fingerprint(), Some([0; 32]));
+        for bad in ["", "00", &"zz".repeat(32), &"0".repeat(65), &"é".repeat(32)] {
+            s.txt.insert("fp".into(), bad.to_string());
+            assert_eq!(s.fingerprint(), None, "{bad}");
+        }
+        // A fingerprint without tls=1 is not one to pin.
+        s.txt.insert("fp".into(), "00".repeat(32));
+        s.txt.remove("tls");
+        assert_eq!(s.fingerprint(), None);
+        assert_eq!(s.broker_url().as_deref(), Some("ws://10.0.0.2:8765/"));
     }
 }

@@ -11,7 +11,7 @@ use crate::node::BoxError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The broker address is not a `ws://` URL.
+    /// The broker address is not a `ws://` or `wss://` URL.
     #[error("invalid broker URL {url:?}: {reason}")]
     BadUrl {
         /// The address as given.
@@ -27,6 +27,78 @@ pub enum Error {
         /// The WebSocket library's reason.
         #[source]
         source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// The TLS handshake failed: the certificate is not trusted (unknown issuer, a name that
+    /// does not match, expired), or the port does not speak TLS.
+    #[error("TLS with {url} failed: {source}")]
+    Tls {
+        /// The broker address.
+        url: String,
+        /// rustls's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The broker showed a certificate other than the pinned one: its key changed, or another
+    /// machine answers in its place.
+    #[error(
+        "the broker at {url} shows certificate sha256:{found}, not the pinned sha256:{expected} \
+         (its key changed, or this is not that broker)"
+    )]
+    FingerprintMismatch {
+        /// The broker address.
+        url: String,
+        /// The pin, 64 hex digits.
+        expected: String,
+        /// What the broker showed, 64 hex digits.
+        found: String,
+    },
+    /// The address and the trust disagree: a trust of its own (a CA, a fingerprint) with a
+    /// plain `ws://` address, which would send everything in clear; or `wss://` with none.
+    #[error("{url}: {}", if *.tls { "wss:// needs a TLS trust" } else { "a CA or a fingerprint was given, but this is a ws:// address (no TLS): use wss://" })]
+    NotTls {
+        /// The broker address.
+        url: String,
+        /// Whether the address is `wss://`.
+        tls: bool,
+    },
+    /// The CA file cannot be used.
+    #[error("CA file {}: {reason}", .path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A CA certificate cannot be used as a root of trust.
+    #[error("bad CA certificate: {0}")]
+    BadCa(String),
+    /// A certificate fingerprint as given is not one.
+    #[error("{text:?} is not a SHA-256 fingerprint: {reason}")]
+    BadFingerprint {
+        /// The text given.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The token has characters an HTTP header cannot carry.
+    #[error("the token cannot be sent: it has characters an HTTP header cannot carry")]
+    BadToken,
+    /// The broker refused the credentials on the upgrade (HTTP 401): none given, or wrong.
+    #[error("the broker at {url} refused the credentials (HTTP 401): give a valid token (--token or BREADBOARD_TOKEN)")]
+    Unauthorized {
+        /// The broker address.
+        url: String,
+    },
+    /// The broker answered the upgrade with another HTTP status (403 for a refused `Origin`,
+    /// 400 for plain HTTP to a TLS port...).
+    #[error("the broker at {url} refused the WebSocket upgrade: HTTP {status}{}", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
+    Refused {
+        /// The broker address.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the response body, which says why.
+        body: String,
     },
     /// Nothing came back in time: the broker's `ok`, a reply to a request, or the handshake.
     #[error("timed out")]

@@ -4,16 +4,20 @@
 //! Parts:
 //! - [`client`]: an async WebSocket client of the broker ([`Client`]): hello, subscribe,
 //!   publish awaiting the broker's `ok`, delivered [`Messages`], ping, and NATS-style
-//!   request/reply over one wildcard inbox. The CLI tools use it too. Inside: the handle
-//!   (`client/mod.rs`), the task owning the socket (`connection.rs`), the one place frames
-//!   are encoded and decoded (`codec.rs`), the request/reply multiplexer (`mux.rs`), the
-//!   receivers (`messages.rs`) and the topic conversions (`into_topic.rs`).
+//!   request/reply over one wildcard inbox, over `ws://` or `wss://`, with a token when the
+//!   broker asks for one. The CLI tools use it too. Inside: the handle (`client/mod.rs`), the
+//!   task owning the socket (`connection.rs`), the one place frames are encoded and decoded
+//!   (`codec.rs`), the request/reply multiplexer (`mux.rs`), the receivers (`messages.rs`), the
+//!   topic conversions (`into_topic.rs`), the TCP or TLS stream under the WebSocket
+//!   ([`client::stream`]) and whom TLS trusts ([`client::tls`]: public CAs, a CA file, or a
+//!   pinned certificate fingerprint).
 //! - [`node`]: the [`Node`] trait, Arduino-style (`setup` once, `on_message` per message,
 //!   `on_timer` per period), and the [`Context`] its hooks act through.
 //! - [`runtime`]: runs a node against a broker ([`runtime::run`], [`runtime::spawn`]):
 //!   connects speaking MessagePack, says `hello`, reconnects with capped exponential backoff,
 //!   restores subscriptions; the broker's address comes from a replaceable
-//!   [`runtime::BrokerSource`]: a fixed URL, or the brokers the `discovery` crate finds.
+//!   [`runtime::BrokerSource`]: a fixed URL, or the brokers the `discovery` crate finds (whose
+//!   advertised certificate fingerprint is pinned unless the node was told whom to trust).
 //! - [`kinds`]: the built-in kinds (clock, pin, buzzer), each with its plain options struct.
 //! - [`backoff`]: the reconnection delays.
 //! - `error`: [`Error`], what can go wrong, and [`Result`].
@@ -36,7 +40,9 @@ pub mod kinds;
 pub mod node;
 pub mod runtime;
 
-pub use client::{Client, ConnectOptions, IntoTopicFilter, IntoTopicName, Messages, Replies};
+pub use client::{
+    BrokerUrl, Client, ConnectOptions, IntoTopicFilter, IntoTopicName, Messages, Replies, TlsTrust,
+};
 pub use error::{Error, Result};
 pub use node::{AnyNode, BoxError, Context, HookResult, Node, Output};
 pub use proto::{Encoding, ErrorCode, TopicFilter, TopicName};

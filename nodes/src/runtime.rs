@@ -1,7 +1,7 @@
 //! Runs a [`Node`] against a broker, doing all the plumbing.
 //!
 //! ```text
-//!        ┌──────────── connect (ws://…, MessagePack) ◄──── BrokerSource (URL, may change)
+//!        ┌──── connect (ws:// or wss://…, MessagePack) ◄──── BrokerSource (URL, may change)
 //!        │                   │ fails: wait Backoff, retry
 //!        │                 hello(name, kind) ── name_taken: retry a while (stale old session)
 //!        │                   │
@@ -32,36 +32,73 @@ use crate::client::{Client, ConnectOptions, Messages};
 use crate::error::{Error, Result};
 use crate::node::{Context, HookResult, Node, Output};
 
+/// A broker to connect to: its URL and, when discovery learnt it from the broker's TXT record,
+/// the fingerprint of its TLS certificate, pinned unless the node's
+/// [`ConnectOptions::tls`] says whom to trust (see [`ConnectOptions::pinning_discovered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// Where to connect (`ws://` or `wss://`).
+    pub url: String,
+    /// The advertised SHA-256 of its certificate.
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+impl From<String> for Broker {
+    fn from(url: String) -> Self {
+        Self {
+            url,
+            fingerprint: None,
+        }
+    }
+}
+
+impl From<&str> for Broker {
+    fn from(url: &str) -> Self {
+        url.to_string().into()
+    }
+}
+
+impl From<&BrokerChoice> for Broker {
+    fn from(choice: &BrokerChoice) -> Self {
+        Self {
+            url: choice.url.clone(),
+            fingerprint: choice.fingerprint,
+        }
+    }
+}
+
 /// Where the runtime finds the broker: a URL that may be absent for a while and may change.
 ///
 /// A fixed URL ([`BrokerSource::fixed`]), the brokers mDNS finds as they come and go
-/// ([`BrokerSource::discovered`]), or any [`watch`] channel of URLs ([`BrokerSource::watch`]).
-/// A change while connected makes the node move to the new broker.
+/// ([`BrokerSource::discovered`], with the certificate fingerprint they advertise), or any
+/// [`watch`] channel of brokers ([`BrokerSource::watch`]). A change while connected (another
+/// URL, another fingerprint) makes the node move to the new broker.
 #[derive(Debug, Clone)]
 pub struct BrokerSource {
-    rx: watch::Receiver<Option<String>>,
+    rx: watch::Receiver<Option<Broker>>,
 }
 
 impl BrokerSource {
     /// Always the same broker.
     pub fn fixed(url: impl Into<String>) -> Self {
-        let (_tx, rx) = watch::channel(Some(url.into()));
+        let (_tx, rx) = watch::channel(Some(Broker::from(url.into())));
         Self { rx }
     }
 
     /// The broker named by the latest value of a watch channel (`None`: none known yet).
-    pub fn watch(rx: watch::Receiver<Option<String>>) -> Self {
+    pub fn watch(rx: watch::Receiver<Option<Broker>>) -> Self {
         Self { rx }
     }
 
-    /// The broker discovery picks, as [`discovery::follow_brokers`] reports it. Spawns a task
-    /// (so call it inside a tokio runtime) that ends with the channel.
+    /// The broker discovery picks, as [`discovery::follow_brokers`] reports it, with the
+    /// fingerprint it advertises. Spawns a task (so call it inside a tokio runtime) that ends
+    /// with the channel.
     pub fn discovered(mut choice: watch::Receiver<Option<BrokerChoice>>) -> Self {
-        let (tx, rx) = watch::channel(choice.borrow().as_ref().map(|c| c.url.clone()));
+        let (tx, rx) = watch::channel(choice.borrow().as_ref().map(Broker::from));
         tokio::spawn(async move {
             while choice.changed().await.is_ok() {
-                let url = choice.borrow_and_update().as_ref().map(|c| c.url.clone());
-                if tx.send(url).is_err() {
+                let broker = choice.borrow_and_update().as_ref().map(Broker::from);
+                if tx.send(broker).is_err() {
                     return;
                 }
             }
@@ -71,30 +108,30 @@ impl BrokerSource {
 
     /// The URL now, if any.
     pub fn current(&self) -> Option<String> {
-        self.rx.borrow().clone()
+        self.rx.borrow().as_ref().map(|b| b.url.clone())
     }
 
-    /// Waits for a URL (returns at once when there is one).
+    /// Waits for a broker (returns at once when there is one).
     ///
     /// # Errors
     /// [`Error::NoBroker`] when the source ended without any.
-    async fn wait_url(&mut self) -> Result<String> {
+    async fn wait_broker(&mut self) -> Result<Broker> {
         loop {
-            if let Some(url) = self.rx.borrow_and_update().clone() {
-                return Ok(url);
+            if let Some(broker) = self.rx.borrow_and_update().clone() {
+                return Ok(broker);
             }
             self.rx.changed().await.map_err(|_| Error::NoBroker)?;
         }
     }
 
-    /// Resolves when the URL changes to something else than `current`; never when the
+    /// Resolves when the broker changes to something else than `current`; never when the
     /// source cannot change any more.
-    async fn moved_from(&mut self, current: &str) {
+    async fn moved_from(&mut self, current: &Broker) {
         loop {
             if self.rx.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
-            if self.rx.borrow_and_update().as_deref() != Some(current) {
+            if self.rx.borrow_and_update().as_ref() != Some(current) {
                 return;
             }
         }
@@ -306,11 +343,11 @@ impl Runtime {
             if flaps > 0 && !self.pause(flaps - 1).await {
                 return self.finish(&mut ctx).await;
             }
-            let Some((client, mut messages)) = self.connect().await? else {
+            let Some((broker, client, mut messages)) = self.connect().await? else {
                 return Ok(());
             };
             let connected_at = Instant::now();
-            let url = client.url().to_string();
+            let url = broker.url.clone();
             ctx.client = Some(client.clone());
             let prepared = if first {
                 match self.hook(node.setup(&mut ctx)).await {
@@ -349,7 +386,7 @@ impl Runtime {
             }
             first = false;
             match self
-                .event_loop(node, &mut ctx, &mut messages, &mut timer, &url)
+                .event_loop(node, &mut ctx, &mut messages, &mut timer, &broker)
                 .await
             {
                 LoopEnd::Done => return self.finish(&mut ctx).await,
@@ -425,9 +462,10 @@ impl Runtime {
         ctx: &mut Context,
         messages: &mut Messages,
         timer: &mut Option<Interval>,
-        url: &str,
+        current: &Broker,
     ) -> LoopEnd {
         let mut broker = self.broker.clone();
+        let url = &current.url;
         loop {
             if ctx.stop.is_some() {
                 return LoopEnd::Done;
@@ -450,7 +488,7 @@ impl Runtime {
                     }
                 },
                 () = tick(timer) => self.hook(node.on_timer(ctx)).await.map(|r| ("on_timer", r)),
-                () = broker.moved_from(url) => {
+                () = broker.moved_from(current) => {
                     tracing::info!(from = %url, "the broker moved");
                     return LoopEnd::Reconnect;
                 }
@@ -463,20 +501,26 @@ impl Runtime {
     }
 
     /// Connects and says `hello`, retrying with backoff. `None` on shutdown.
-    async fn connect(&mut self) -> Result<Option<(Client, Messages)>> {
+    ///
+    /// Errors that no retry can mend end the node: a refused name, an address or a trust
+    /// that cannot be used (a bad URL, `ws://` with a CA or a pin, a bad CA, a bad token).
+    /// A broker that refuses the token or shows another certificate is retried: its auth file
+    /// may be reloaded, and a new pin may come with its next advertisement.
+    async fn connect(&mut self) -> Result<Option<(Broker, Client, Messages)>> {
         let mut attempt: u32 = 0;
         let mut name_taken_since: Option<Instant> = None;
         loop {
-            let url = tokio::select! {
+            let broker = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(None),
-                url = self.broker.wait_url() => url?,
+                broker = self.broker.wait_broker() => broker?,
             };
+            let url = &broker.url;
             let connected = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(None),
-                r = self.greet(&url) => r,
+                r = self.greet(&broker) => r,
             };
             match connected {
-                Ok(pair) => return Ok(Some(pair)),
+                Ok((client, messages)) => return Ok(Some((broker, client, messages))),
                 Err(Error::Broker { code, message }) if code == proto::ErrorCode::NameTaken => {
                     let since = *name_taken_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= self.config.name_taken_patience {
@@ -484,9 +528,20 @@ impl Runtime {
                     }
                     tracing::warn!(name = %self.config.name, "name taken on the broker; retrying");
                 }
-                Err(e @ (Error::Broker { .. } | Error::BadUrl { .. })) => return Err(e),
+                Err(
+                    e @ (Error::Broker { .. }
+                    | Error::BadUrl { .. }
+                    | Error::NotTls { .. }
+                    | Error::BadCa(_)
+                    | Error::BadToken),
+                ) => return Err(e),
                 Err(e) => {
-                    if attempt == 0 {
+                    // Whoever fixes credentials or a pin wants to see each refusal.
+                    let refused = matches!(
+                        e,
+                        Error::Unauthorized { .. } | Error::FingerprintMismatch { .. }
+                    );
+                    if attempt == 0 || refused {
                         tracing::warn!(%url, error = %e, "cannot reach the broker; retrying");
                     } else {
                         tracing::debug!(%url, attempt, error = %e, "cannot reach the broker");
@@ -500,9 +555,11 @@ impl Runtime {
         }
     }
 
-    /// One attempt: connect, then `hello`.
-    async fn greet(&self, url: &str) -> Result<(Client, Messages)> {
-        let (client, messages) = Client::connect(url, self.config.connect.clone()).await?;
+    /// One attempt: connect (pinning the broker's advertised fingerprint unless the node has
+    /// a trust of its own), then `hello`.
+    async fn greet(&self, broker: &Broker) -> Result<(Client, Messages)> {
+        let options = self.config.connect.pinning_discovered(broker.fingerprint);
+        let (client, messages) = Client::connect(&broker.url, options).await?;
         match client
             .hello(&self.config.name, Some(&self.config.kind))
             .await
@@ -541,8 +598,11 @@ mod tests {
     #[tokio::test]
     async fn fixed_source_gives_its_url_and_never_moves() {
         let mut s = BrokerSource::fixed("ws://127.0.0.1:1");
-        assert_eq!(s.wait_url().await.unwrap(), "ws://127.0.0.1:1");
-        assert!(s.moved_from("ws://127.0.0.1:1").now_or_never().is_none());
+        assert_eq!(s.wait_broker().await.unwrap().url, "ws://127.0.0.1:1");
+        assert!(s
+            .moved_from(&"ws://127.0.0.1:1".into())
+            .now_or_never()
+            .is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -551,13 +611,13 @@ mod tests {
         let mut s = BrokerSource::watch(rx);
         let waiter = tokio::spawn({
             let mut s = s.clone();
-            async move { s.wait_url().await }
+            async move { s.wait_broker().await }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         tx.send_replace(Some("ws://127.0.0.1:2".into()));
-        assert_eq!(waiter.await.unwrap().unwrap(), "ws://127.0.0.1:2");
-        s.wait_url().await.unwrap();
-        let moved = tokio::spawn(async move { s.moved_from("ws://127.0.0.1:2").await });
+        assert_eq!(waiter.await.unwrap().unwrap().url, "ws://127.0.0.1:2");
+        s.wait_broker().await.unwrap();
+        let moved = tokio::spawn(async move { s.moved_from(&"ws://127.0.0.1:2".into()).await });
         tx.send_replace(Some("ws://127.0.0.1:3".into()));
         tokio::time::timeout(Duration::from_secs(1), moved)
             .await
@@ -571,12 +631,13 @@ mod tests {
             name: name.into(),
             fullname: format!("{name}._breadboard._tcp.local."),
             url: format!("ws://127.0.0.1:{port}/"),
+            fingerprint: None,
         };
         let (tx, rx) = watch::channel(Some(choice("a", 2)));
         let mut s = BrokerSource::discovered(rx);
-        assert_eq!(s.wait_url().await.unwrap(), "ws://127.0.0.1:2/");
+        assert_eq!(s.wait_broker().await.unwrap().url, "ws://127.0.0.1:2/");
         let moved = tokio::spawn(async move {
-            s.moved_from("ws://127.0.0.1:2/").await;
+            s.moved_from(&"ws://127.0.0.1:2/".into()).await;
             s.current()
         });
         tx.send_replace(Some(choice("b", 3)));
@@ -592,7 +653,28 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         drop(tx);
         let mut s = BrokerSource::watch(rx);
-        assert!(matches!(s.wait_url().await, Err(Error::NoBroker)));
+        assert!(matches!(s.wait_broker().await, Err(Error::NoBroker)));
+    }
+
+    #[tokio::test]
+    async fn a_new_fingerprint_for_the_same_url_is_a_move() {
+        let pinned = |fp: u8| Broker {
+            url: "wss://10.0.0.1:8765/".into(),
+            fingerprint: Some([fp; 32]),
+        };
+        let (tx, rx) = watch::channel(Some(pinned(1)));
+        let mut s = BrokerSource::watch(rx);
+        assert_eq!(s.wait_broker().await.unwrap(), pinned(1));
+        let moved = tokio::spawn(async move {
+            s.moved_from(&pinned(1)).await;
+            s.wait_broker().await
+        });
+        tx.send_replace(Some(pinned(2)));
+        let now = tokio::time::timeout(Duration::from_secs(1), moved)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.unwrap(), pinned(2));
     }
 
     struct Idle;

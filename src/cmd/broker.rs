@@ -271,12 +271,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "no --auth: anyone who can reach these addresses may publish and subscribe to anything"
         );
     }
+    let security = discovery::BrokerSecurity {
+        tls_fingerprint: config.tls.as_ref().map(|tls| tls.fingerprint_hex()),
+        auth: config.auth_file.is_some(),
+    };
     if let Some(mdns) = &mdns {
         let advert = Advert {
             service_type: discovery::BROKER_TYPE,
             name: config.name.clone(),
             port: addr.port(),
-            txt: discovery::broker_txt(&config.name),
+            // Nodes and tools pin `fp` when they find the broker over mDNS.
+            txt: discovery::broker_txt(&config.name, &security),
         };
         let fullname = mdns.advertise(&advert)?;
         tracing::info!(%fullname, "advertised over mDNS");

@@ -40,6 +40,9 @@ pub struct Args {
     /// With --lan, limit mDNS to this interface (name or IPv4 address); repeatable.
     #[arg(long = "mdns-interface", value_name = "NAME|IPV4", requires = "lan")]
     pub mdns_interfaces: Vec<String>,
+    /// The nodes' credentials.
+    #[command(flatten)]
+    pub token: super::access::TokenArgs,
 }
 
 /// Runs the demo circuit.
@@ -103,7 +106,7 @@ fn advertise_circuit(mdns: &Discovery, port: u16) -> anyhow::Result<()> {
         service_type: discovery::BROKER_TYPE,
         name: broker.into(),
         port,
-        txt: discovery::broker_txt(broker),
+        txt: discovery::broker_txt(broker, &discovery::BrokerSecurity::default()),
     })?;
     for (name, kind) in [("clock", "clock"), ("pin-1", "pin"), ("buzzer", "buzzer")] {
         mdns.advertise(&Advert {
@@ -120,15 +123,20 @@ fn advertise_circuit(mdns: &Discovery, port: u16) -> anyhow::Result<()> {
 async fn circuit(args: &Args, url: &str, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let nodes_stop = shutdown.child_token();
     let source = BrokerSource::fixed(url);
+    let config = |name: &str, kind: &str| {
+        let mut config = Config::new(name, kind);
+        config.connect = args.token.apply(config.connect);
+        config
+    };
     let mut pin = runtime::spawn(
         Pin::new(args.pin.options()),
-        Config::new("pin-1", "pin"),
+        config("pin-1", "pin"),
         source.clone(),
         nodes_stop.clone(),
     );
     let mut buzzer = runtime::spawn(
         Buzzer::new(),
-        Config::new("buzzer", "buzzer"),
+        config("buzzer", "buzzer"),
         source.clone(),
         nodes_stop.clone(),
     );
@@ -152,7 +160,7 @@ async fn circuit(args: &Args, url: &str, shutdown: &CancellationToken) -> anyhow
             };
             runtime::run(
                 Clock::new(options),
-                Config::new("clock", "clock"),
+                config("clock", "clock"),
                 source,
                 nodes_stop.clone(),
             )

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use discovery::{Browser, Discovery, Seen, Service};
+use nodes::client::tls::format_fingerprint;
 use nodes::client::{Client, ConnectOptions, Messages};
 use proto::Encoding;
 use serde::Serialize;
@@ -29,10 +30,12 @@ pub struct Args {
     #[arg(long)]
     pub watch: bool,
     /// Read presence from this broker (default: the first broker found over mDNS).
-    #[arg(long, value_name = "ws://HOST:PORT")]
+    #[arg(long, value_name = "ws[s]://HOST:PORT")]
     pub broker: Option<String>,
     #[command(flatten)]
     pub mdns: super::MdnsArgs,
+    #[command(flatten)]
+    pub access: super::access::AccessArgs,
 }
 
 /// A broker or a node, as `ls` shows it.
@@ -57,6 +60,15 @@ pub struct Entry {
     /// Its DNS-SD full name, if advertised.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fullname: Option<String>,
+    /// For a broker: whether it serves TLS (`wss://`; TXT `tls=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// For a broker serving TLS: the SHA-256 of its certificate it advertises (64 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// For a broker: whether it asks for credentials (TXT `auth=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<bool>,
 }
 
 /// What presence says of a node.
@@ -171,6 +183,12 @@ impl Registry {
                 online: true,
                 via: "mdns".into(),
                 fullname: Some(service.fullname.clone()),
+                tls: broker.then(|| service.tls()),
+                fingerprint: service
+                    .fingerprint()
+                    .filter(|_| broker)
+                    .map(|fp| format_fingerprint(&fp)),
+                auth: broker.then(|| service.auth()),
             };
             out.insert((entry.role, entry.name.clone()), entry);
         }
@@ -185,6 +203,9 @@ impl Registry {
                 online: p.online,
                 via: String::new(),
                 fullname: None,
+                tls: None,
+                fingerprint: None,
+                auth: None,
             });
             entry.via = if entry.fullname.is_some() {
                 "mdns+presence"
@@ -217,7 +238,11 @@ impl Registry {
         }
         for (key, entry) in &now {
             let moved = self.shown.get(key).is_none_or(|old| {
-                old.addr != entry.addr || old.kind != entry.kind || old.broker != entry.broker
+                old.addr != entry.addr
+                    || old.kind != entry.kind
+                    || old.broker != entry.broker
+                    || old.fingerprint != entry.fingerprint
+                    || old.auth != entry.auth
             });
             if moved {
                 changes.push(Change::Up(entry.clone()));
@@ -254,6 +279,9 @@ struct PresenceFeed {
 
 /// What `ls` listens to, and what it has learnt.
 struct Listing {
+    /// How to connect to a broker for presence: `--token`, and `--ca` or `--fingerprint`
+    /// (else a broker found over mDNS is pinned to the fingerprint it advertises).
+    options: ConnectOptions,
     /// mDNS, unless `--no-mdns`.
     discovery: Option<Discovery>,
     /// Brokers advertised over mDNS (`None` once the browse ends, or without mDNS).
@@ -286,11 +314,15 @@ impl Listing {
         };
         let mut registry = Registry::default();
         let mut presence = None;
+        let options = args
+            .access
+            .apply(ConnectOptions::with_encoding(Encoding::Json))?;
         if let Some(url) = &args.broker {
-            presence = Some(connect_presence(url, None).await?);
+            presence = Some(connect_presence(url, None, options.clone()).await?);
             registry.set_presence_broker(url);
         }
         Ok(Self {
+            options,
             discovery,
             brokers,
             nodes,
@@ -358,12 +390,13 @@ impl Listing {
         if service.proto_version() != Some(proto::PROTOCOL_VERSION) {
             return;
         }
-        match connect_presence(&url, Some(service.fullname.clone())).await {
+        let options = self.options.pinning_discovered(service.fingerprint());
+        match connect_presence(&url, Some(service.fullname.clone()), options).await {
             Ok(feed) => {
                 self.registry.set_presence_broker(&service.name);
                 self.presence = Some(feed);
             }
-            Err(e) => tracing::warn!(%url, error = %e, "cannot read presence"),
+            Err(e) => tracing::warn!(%url, error = format!("{e:#}"), "cannot read presence"),
         }
     }
 
@@ -406,9 +439,12 @@ impl Listing {
 }
 
 /// Connects to the broker at `url` and subscribes to its presence.
-async fn connect_presence(url: &str, fullname: Option<String>) -> anyhow::Result<PresenceFeed> {
-    let (client, messages) =
-        Client::connect(url, ConnectOptions::with_encoding(Encoding::Json)).await?;
+async fn connect_presence(
+    url: &str,
+    fullname: Option<String>,
+    options: ConnectOptions,
+) -> anyhow::Result<PresenceFeed> {
+    let (client, messages) = Client::connect(url, options).await?;
     client
         .subscribe(format!("{}/nodes/+", proto::SYS_PREFIX))
         .await?;
@@ -457,8 +493,28 @@ fn print_entries(entries: &[Entry], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TLS column: `-` for a node, `no`, or the start of the advertised fingerprint.
+fn tls_cell(e: &Entry) -> String {
+    match (e.tls, &e.fingerprint) {
+        (None, _) => "-".into(),
+        (Some(false), _) => "no".into(),
+        (Some(true), Some(fp)) => format!("sha256:{}", &fp[..fp.len().min(12)]),
+        (Some(true), None) => "yes".into(),
+    }
+}
+
+/// The AUTH column: `-` for a node, else whether the broker asks for credentials.
+fn auth_cell(e: &Entry) -> String {
+    match e.auth {
+        None => "-",
+        Some(true) => "token",
+        Some(false) => "open",
+    }
+    .into()
+}
+
 fn print_table(entries: &[Entry]) {
-    let rows: Vec<[String; 7]> = entries
+    let rows: Vec<[String; 9]> = entries
         .iter()
         .map(|e| {
             [
@@ -467,12 +523,17 @@ fn print_table(entries: &[Entry]) {
                 e.kind.clone(),
                 e.addr.clone(),
                 e.broker.clone(),
+                tls_cell(e),
+                auth_cell(e),
                 age(e.since_ms),
                 if e.online { "online" } else { "offline" }.to_string(),
             ]
         })
         .collect();
-    let header = ["ROLE", "NAME", "KIND", "ADDRESS", "BROKER", "AGE", "STATUS"].map(String::from);
+    let header = [
+        "ROLE", "NAME", "KIND", "ADDRESS", "BROKER", "TLS", "AUTH", "AGE", "STATUS",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -503,8 +564,12 @@ fn print_change(change: &Change, json: bool) -> anyhow::Result<()> {
         value["at_ms"] = now_ms().into();
         println!("{value}");
     } else {
+        let security = match entry.role {
+            "broker" => format!("  tls {}  auth {}", tls_cell(entry), auth_cell(entry)),
+            _ => String::new(),
+        };
         println!(
-            "{sign} {:<6} {:<16} {:<8} {:<21} {}",
+            "{sign} {:<6} {:<16} {:<8} {:<21} {}{security}",
             entry.role, entry.name, entry.kind, entry.addr, entry.broker
         );
     }
@@ -555,6 +620,49 @@ mod tests {
         assert!(matches!(&down[..], [Change::Down(e)] if e.name == "pin-1"));
         assert_eq!(r.stale_records(), vec![node("pin-1").fullname]);
         assert!(!r.entries()[0].online);
+    }
+
+    fn broker(name: &str, security: &discovery::BrokerSecurity) -> Service {
+        Service {
+            fullname: format!("{name}.{}", discovery::BROKER_TYPE),
+            service_type: discovery::BROKER_TYPE.into(),
+            name: name.into(),
+            addrs: vec!["10.0.0.1".parse().unwrap()],
+            port: 8765,
+            txt: discovery::broker_txt(name, security).into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn brokers_show_whether_they_ask_for_tls_and_credentials() {
+        let mut r = Registry::default();
+        r.on_mdns(Seen::Up(broker(
+            "open",
+            &discovery::BrokerSecurity::default(),
+        )));
+        let secure = discovery::BrokerSecurity {
+            tls_fingerprint: Some("ab".repeat(32)),
+            auth: true,
+        };
+        r.on_mdns(Seen::Up(broker("secure", &secure)));
+        r.on_mdns(Seen::Up(node("pin-1")));
+        let entries = r.entries();
+        let open = entries.iter().find(|e| e.name == "open").unwrap();
+        assert_eq!((open.tls, open.auth), (Some(false), Some(false)));
+        assert_eq!(
+            (tls_cell(open), auth_cell(open)),
+            ("no".into(), "open".into())
+        );
+        let secure = entries.iter().find(|e| e.name == "secure").unwrap();
+        assert_eq!(secure.fingerprint.as_deref(), Some(&*"ab".repeat(32)));
+        assert_eq!(tls_cell(secure), "sha256:abababababab");
+        assert_eq!(auth_cell(secure), "token");
+        let pin = entries.iter().find(|e| e.name == "pin-1").unwrap();
+        assert_eq!((tls_cell(pin), auth_cell(pin)), ("-".into(), "-".into()));
+        let json = serde_json::to_value(secure).unwrap();
+        assert_eq!(json["tls"], true);
+        assert_eq!(json["auth"], true);
+        assert!(serde_json::to_value(pin).unwrap().get("tls").is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its clap `Args` and an async `run`, and what several
 //! share: logging, signals, the mDNS flags, durations in seconds.
 
+pub mod access;
 pub mod bench;
 pub mod broker;
 pub mod demo;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use discovery::Discovery;
+use discovery::{BrokerChoice, Discovery};
 use nodes::client::{Client, ConnectOptions, Messages};
 use proto::Encoding;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +14,8 @@ const FIND_WAIT: Duration = Duration::from_secs(5);
 /// Flags every tool takes to reach the broker.
 #[derive(clap::Args, Debug)]
 pub struct Reach {
-    /// The broker's WebSocket address. Without it the broker is found over mDNS (or, with
-    /// --no-mdns, ws://127.0.0.1:8765 is used).
+    /// The broker's WebSocket address (ws:// or wss://). Without it the broker is found over
+    /// mDNS (or, with --no-mdns, ws://127.0.0.1:8765 is used).
     #[arg(short, long, env = "BREADBOARD_BROKER")]
     pub broker: Option<String>,
     /// Over mDNS, use the broker with this name (default: the first one found).
@@ -26,6 +26,8 @@ pub struct Reach {
     pub msgpack: bool,
     #[command(flatten)]
     pub mdns: super::MdnsArgs,
+    #[command(flatten)]
+    pub access: super::access::AccessArgs,
 }
 
 /// A connection to the broker, and the discovery daemon used to find it (shut down on close).
@@ -51,24 +53,27 @@ impl Reach {
     /// # Errors
     /// When no broker is found in time or the connection fails.
     pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let encoding = if self.msgpack {
+            Encoding::MsgPack
+        } else {
+            Encoding::Json
+        };
+        let mut options = self.access.apply(ConnectOptions::with_encoding(encoding))?;
         let mut mdns = None;
         let url = match &self.broker {
             Some(url) => url.clone(),
             None => match self.mdns.start()? {
                 None => nodes::DEFAULT_BROKER.to_string(),
                 Some(found) => {
-                    let url = find(&found, self.broker_name.clone()).await?;
+                    let choice = find(&found, self.broker_name.clone()).await?;
                     mdns = Some(found);
-                    url
+                    // Its advertised certificate, unless --ca or --fingerprint say otherwise.
+                    options = options.pinning_discovered(choice.fingerprint);
+                    choice.url
                 }
             },
         };
-        let encoding = if self.msgpack {
-            Encoding::MsgPack
-        } else {
-            Encoding::Json
-        };
-        let (client, messages) = Client::connect(&url, ConnectOptions::with_encoding(encoding))
+        let (client, messages) = Client::connect(&url, options)
             .await
             .with_context(|| format!("cannot connect to the broker at {url}"))?;
         tracing::debug!(%url, "connected");
@@ -80,8 +85,8 @@ impl Reach {
     }
 }
 
-/// The URL of the broker mDNS finds first (or the one named `wanted`).
-async fn find(mdns: &Discovery, wanted: Option<String>) -> anyhow::Result<String> {
+/// The broker mDNS finds first (or the one named `wanted`).
+async fn find(mdns: &Discovery, wanted: Option<String>) -> anyhow::Result<BrokerChoice> {
     let stop = CancellationToken::new();
     let mut choice = discovery::follow_brokers(mdns, wanted.clone(), stop.clone())?;
     let found = tokio::time::timeout(FIND_WAIT, choice.wait_for(Option::is_some)).await;
@@ -94,10 +99,7 @@ async fn find(mdns: &Discovery, wanted: Option<String>) -> anyhow::Result<String
             )
         })?
         .map_err(|_| anyhow::anyhow!("mDNS stopped while looking for {what}"))?;
-    found
-        .as_ref()
-        .map(|c| c.url.clone())
-        .context("no broker found")
+    found.clone().context("no broker found")
 }
 
 /// Reads a command-line value as JSON, or else as a string: `1` is a number, `hello` a

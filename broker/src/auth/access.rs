@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Auth, Permissions, Rules};
 
 /// Publish verdicts kept per connection; past it the cache starts afresh.
-const MAX_VERDICTS: usize = 256;
+const MAX_VERDICTS: usize = 64;
 
 /// A connection's identity and permissions.
 #[derive(Debug)]

@@ -13,23 +13,23 @@ use crate::Message;
 use futures_util::{SinkExt, StreamExt};
 use proto::Encoding;
 use proto::{ClientFrame, ServerFrame};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use super::codec;
 use super::mux::{Ack, Shared};
+use super::stream::Stream;
 use super::ConnectOptions;
 
 /// How many queued outgoing frames the connection task writes before one flush.
 const WRITE_BATCH: usize = 64;
 
 /// The WebSocket a client connection runs over.
-pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(super) type Socket = WebSocketStream<Stream>;
 
 /// What the handles ask the connection task to do.
 pub(super) enum Outgoing {

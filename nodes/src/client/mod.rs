@@ -31,13 +31,23 @@
 //! - `codec`: the only place frames meet proto's codec, one function each way;
 //! - `mux`: what the connection waits for (acks by `id`, replies by inbox token);
 //! - `messages`: what the handle gives back, [`Messages`] and [`Replies`];
-//! - `into_topic`: [`IntoTopicName`] / [`IntoTopicFilter`], so that methods take `&str` too.
+//! - `into_topic`: [`IntoTopicName`] / [`IntoTopicFilter`], so that methods take `&str` too;
+//! - [`stream`]: the broker address ([`BrokerUrl`]) and the TCP or TLS connection under the
+//!   WebSocket ([`Stream`]);
+//! - [`tls`]: whom a `wss://` connection trusts ([`TlsTrust`]: the public CAs, a CA file, or a
+//!   pinned certificate fingerprint).
+//!
+//! Credentials: with [`ConnectOptions::token`], the upgrade request carries
+//! `Authorization: Bearer <token>`; a broker that refuses it answers HTTP 401
+//! ([`Error::Unauthorized`]).
 
 mod codec;
 mod connection;
 mod into_topic;
 mod messages;
 mod mux;
+pub mod stream;
+pub mod tls;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,10 +66,12 @@ use mux::Shared;
 
 pub use into_topic::{IntoTopicFilter, IntoTopicName};
 pub use messages::{Messages, Replies};
+pub use stream::{BrokerUrl, Stream};
+pub use tls::TlsTrust;
 
 /// How to connect. [`ConnectOptions::default`] suits a node: MessagePack, 5 s to connect,
-/// 10 s for the broker's answers.
-#[derive(Debug, Clone)]
+/// 10 s for the broker's answers, no credentials, the public CAs for `wss://`.
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// The encoding this client speaks: MessagePack (binary frames) for nodes, JSON (text
     /// frames) for tools that show frames to people.
@@ -78,6 +90,30 @@ pub struct ConnectOptions {
     /// give the connection up as dead (a broker host that vanished sends no FIN, and a node
     /// that only listens would otherwise wait forever). `None`: never.
     pub keepalive: Option<Duration>,
+    /// Credentials, sent as `Authorization: Bearer <token>` on the upgrade request. `None`:
+    /// anonymous.
+    pub token: Option<String>,
+    /// Whom a `wss://` connection trusts. A CA or a fingerprint also refuses plain `ws://`
+    /// addresses ([`Error::NotTls`]): whoever asks for a verified broker does not want one in
+    /// clear.
+    pub tls: TlsTrust,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("encoding", &self.encoding)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("inbound_capacity", &self.inbound_capacity)
+            .field("outbound_capacity", &self.outbound_capacity)
+            .field("replies_capacity", &self.replies_capacity)
+            .field("keepalive", &self.keepalive)
+            // Never in logs.
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for ConnectOptions {
@@ -90,6 +126,8 @@ impl Default for ConnectOptions {
             outbound_capacity: 1024,
             replies_capacity: 256,
             keepalive: Some(Duration::from_secs(15)),
+            token: None,
+            tls: TlsTrust::System,
         }
     }
 }
@@ -101,6 +139,17 @@ impl ConnectOptions {
             encoding,
             ..Self::default()
         }
+    }
+
+    /// These options for a broker that discovery found advertising the certificate
+    /// `fingerprint`: the pin is taken unless a trust of one's own was set (a CA or a
+    /// fingerprint rule, strictly).
+    pub fn pinning_discovered(&self, fingerprint: Option<[u8; 32]>) -> Self {
+        let mut options = self.clone();
+        if let (Some(fp), true) = (fingerprint, self.tls.is_system()) {
+            options.tls = TlsTrust::Fingerprint(fp);
+        }
+        options
     }
 }
 
@@ -126,38 +175,39 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn check_url(url: &str) -> Result<()> {
-    let bad = |reason: &str| Error::BadUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| bad("expected ws://host:port"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(bad("no host"));
-    }
-    Ok(())
-}
-
 impl Client {
-    /// Connects to a broker at a `ws://host:port` URL.
+    /// Connects to a broker at a `ws://host:port` or `wss://host:port` URL (a path and a
+    /// query, such as `?token=...`, are sent as they are).
     ///
     /// # Errors
-    /// [`Error::BadUrl`] for anything but a `ws://` URL, [`Error::Connect`] when the connection
-    /// or the handshake fails, [`Error::TimedOut`] after [`ConnectOptions::connect_timeout`].
+    /// [`Error::BadUrl`] for anything but a `ws://` or `wss://` URL, [`Error::BadToken`],
+    /// [`Error::Connect`] when the connection or the handshake fails; for `wss://`
+    /// [`Error::Tls`], [`Error::FingerprintMismatch`], [`Error::BadCa`];
+    /// [`Error::NotTls`] for a `ws://` URL with a CA or a fingerprint;
+    /// [`Error::Unauthorized`] when the broker refuses the token (HTTP 401),
+    /// [`Error::Refused`] for another HTTP answer; [`Error::TimedOut`] after
+    /// [`ConnectOptions::connect_timeout`].
     pub async fn connect(url: &str, options: ConnectOptions) -> Result<(Client, Messages)> {
-        check_url(url)?;
-        let (ws, _response) = timeout(
-            options.connect_timeout,
-            tokio_tungstenite::connect_async(url),
-        )
+        let target = BrokerUrl::parse(url)?;
+        let request = upgrade_request(&target, options.token.as_deref())?;
+        let tls = match (target.is_tls(), &options.tls) {
+            (true, trust) => Some(trust.client_config()?),
+            (false, TlsTrust::System) => None,
+            (false, _) => {
+                return Err(Error::NotTls {
+                    url: url.to_string(),
+                    tls: false,
+                })
+            }
+        };
+        let (ws, _response) = timeout(options.connect_timeout, async {
+            let stream = Stream::connect(&target, tls).await?;
+            tokio_tungstenite::client_async_with_config(request, stream, None)
+                .await
+                .map_err(|e| upgrade_error(url, e))
+        })
         .await
-        .map_err(|_| Error::TimedOut)?
-        .map_err(|e| Error::Connect {
-            url: url.to_string(),
-            source: Box::new(e),
-        })?;
+        .map_err(|_| Error::TimedOut)??;
         let inbox = format!("_inbox/{:016x}", rand::random::<u64>());
         let shared = Shared::new(inbox);
         let (out_tx, msg_rx) = connection::spawn(ws, Arc::clone(&shared), &options, url);
@@ -427,23 +477,125 @@ impl Client {
     }
 }
 
+/// The WebSocket upgrade request for `url`, with the token as a bearer credential.
+///
+/// # Errors
+/// [`Error::BadUrl`] when tungstenite cannot make a request of the URL, [`Error::BadToken`].
+pub fn upgrade_request(
+    url: &BrokerUrl,
+    token: Option<&str>,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Error::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    if let Some(token) = token {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::BadToken)?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(header::AUTHORIZATION, value);
+    }
+    Ok(request)
+}
+
+/// How much of a refusal's body is kept for the error message.
+const REFUSAL_BODY: usize = 200;
+
+/// What a failed WebSocket handshake means: a 401 is about credentials, another HTTP answer is
+/// a refusal that says why in its body.
+fn upgrade_error(url: &str, error: tokio_tungstenite::tungstenite::Error) -> Error {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match error {
+        WsError::Http(response) if response.status().as_u16() == 401 => Error::Unauthorized {
+            url: url.to_string(),
+        },
+        WsError::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .unwrap_or_default();
+            Error::Refused {
+                url: url.to_string(),
+                status: response.status().as_u16(),
+                body: body.chars().take(REFUSAL_BODY).collect(),
+            }
+        }
+        other => Error::Connect {
+            url: url.to_string(),
+            source: Box::new(other),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_ws_urls_are_accepted() {
-        assert!(check_url("ws://127.0.0.1:8765").is_ok());
-        assert!(check_url("ws://localhost:1/datafeed").is_ok());
-        for bad in [
-            "http://x:1",
-            "127.0.0.1:8765",
-            "ws://",
-            "ws:///x",
-            "wss://x:1",
-        ] {
-            assert!(matches!(check_url(bad), Err(Error::BadUrl { .. })), "{bad}");
-        }
+    fn a_token_goes_in_the_authorization_header() {
+        let url = BrokerUrl::parse("wss://b:1/x?y=1").unwrap();
+        let request = upgrade_request(&url, Some("s3cret")).unwrap();
+        assert_eq!(request.uri(), "wss://b:1/x?y=1");
+        assert_eq!(request.headers()["authorization"], "Bearer s3cret");
+        let anonymous = upgrade_request(&url, None).unwrap();
+        assert!(anonymous.headers().get("authorization").is_none());
+        assert!(matches!(
+            upgrade_request(&url, Some("a\nb")),
+            Err(Error::BadToken)
+        ));
+    }
+
+    #[test]
+    fn a_discovered_pin_applies_unless_a_trust_was_given() {
+        let default = ConnectOptions::default();
+        assert_eq!(
+            default.pinning_discovered(Some([1; 32])).tls,
+            TlsTrust::Fingerprint([1; 32])
+        );
+        assert_eq!(default.pinning_discovered(None).tls, TlsTrust::System);
+        let pinned = ConnectOptions {
+            tls: TlsTrust::Fingerprint([2; 32]),
+            ..ConnectOptions::default()
+        };
+        assert_eq!(
+            pinned.pinning_discovered(Some([1; 32])).tls,
+            TlsTrust::Fingerprint([2; 32])
+        );
+        let ca = ConnectOptions {
+            tls: TlsTrust::Ca(Vec::new()),
+            ..ConnectOptions::default()
+        };
+        assert_eq!(
+            ca.pinning_discovered(Some([1; 32])).tls,
+            TlsTrust::Ca(Vec::new())
+        );
+    }
+
+    #[test]
+    fn the_token_stays_out_of_debug_output() {
+        let options = ConnectOptions {
+            token: Some("s3cret".into()),
+            ..ConnectOptions::default()
+        };
+        assert!(!format!("{options:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_trust_of_ones_own_refuses_plain_ws() {
+        let options = ConnectOptions {
+            tls: TlsTrust::Fingerprint([0; 32]),
+            ..ConnectOptions::default()
+        };
+        let err = Client::connect("ws://127.0.0.1:1", options)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotTls { tls: false, .. }), "{err}");
     }
 
     /// A server that completes the WebSocket handshake, then never says a word.

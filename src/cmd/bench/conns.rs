@@ -76,8 +76,8 @@ impl Report {
 
 /// Opens connection `i`, subscribed to a topic of its own so that the broker keeps one
 /// subscription per connection, as real clients make it do.
-async fn open(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<wire::Conn> {
-    let broker = Endpoint { addr, relay: false };
+async fn open(dial: wire::Dial, i: usize) -> anyhow::Result<wire::Conn> {
+    let broker = Endpoint { dial, relay: false };
     workload::connect_subscriber(broker, &format!("bench/idle/{i}"), Encoding::Json).await
 }
 
@@ -108,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         while next < args.count && opening.len() < args.parallel.max(1) && failure.is_none() {
             opening.spawn(tokio::time::timeout(
                 Duration::from_secs(10),
-                open(target.addr, next),
+                open(target.dial.clone(), next),
             ));
             next += 1;
         }

@@ -32,7 +32,6 @@ mod soak;
 mod wire;
 mod workload;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -70,7 +69,8 @@ const DEFAULT_WINDOW: u64 = 10_000;
 /// Which broker to measure.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TargetArgs {
-    /// Measure the broker at this address (`ws://host:port`) instead of starting one.
+    /// Measure the broker at this address (`ws://host:port` or `wss://host:port`) instead of
+    /// starting one.
     #[arg(long, value_name = "URL")]
     broker: Option<String>,
     /// The process id of the broker given with `--broker`, to read its CPU time, memory and
@@ -81,6 +81,10 @@ pub struct TargetArgs {
     /// `--broker-arg=--outbox-frames=16384`.
     #[arg(long = "broker-arg", value_name = "FLAG", allow_hyphen_values = true)]
     broker_args: Vec<String>,
+    /// Credentials (sent by every client, to a broker started here too) and the trust for a
+    /// `wss://` broker. Boxed: it is the larger part of these flags.
+    #[command(flatten)]
+    access: Box<super::access::AccessArgs>,
 }
 
 /// The frames clients send.
@@ -159,8 +163,8 @@ struct RunArgs {
 
 /// The broker being measured: started here, or given by address.
 pub(crate) struct Target {
-    /// Where it listens.
-    addr: SocketAddr,
+    /// Where it listens, and how clients connect (TLS, credentials).
+    dial: wire::Dial,
     /// Held so the child lives as long as the bench, and is killed after.
     _local: Option<LocalBroker>,
     /// Its process id, when its `/proc` can be read.
@@ -171,24 +175,25 @@ impl Target {
     async fn open(args: &TargetArgs) -> anyhow::Result<Self> {
         match &args.broker {
             Some(url) => {
-                let hostport = url
-                    .strip_prefix("ws://")
-                    .context("--broker must be a ws:// URL")?;
-                let hostport = hostport.split('/').next().unwrap_or(hostport);
-                let addr = tokio::net::lookup_host(hostport)
-                    .await?
-                    .next()
-                    .with_context(|| format!("cannot resolve {hostport}"))?;
+                let dial = wire::Dial::url(url, &args.access.trust()?)
+                    .await
+                    .context("--broker")?;
                 Ok(Self {
-                    addr,
+                    dial: dial.with_token(args.access.token.token.clone()),
                     _local: None,
                     pid: args.pid,
                 })
             }
             None => {
+                anyhow::ensure!(
+                    args.access.ca.is_none() && args.access.fingerprint.is_none(),
+                    "--ca and --fingerprint are for a wss:// broker given with --broker; the \
+                     broker the bench starts is plain ws://"
+                );
                 let local = LocalBroker::start(&args.broker_args).await?;
+                let dial = wire::Dial::plain(local.addr);
                 Ok(Self {
-                    addr: local.addr,
+                    dial: dial.with_token(args.access.token.token.clone()),
                     pid: Some(local.pid),
                     _local: Some(local),
                 })
@@ -262,7 +267,7 @@ async fn run_broker(
     bar: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
     let ep = Endpoint {
-        addr: target.addr,
+        dial: target.dial.clone(),
         relay: false,
     };
     let mut samples: Vec<Usage> = Vec::new();
@@ -289,7 +294,7 @@ async fn run_relay(
     bar: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
     let ep = Endpoint {
-        addr: relay.addr,
+        dial: wire::Dial::plain(relay.addr),
         relay: true,
     };
     let mut samples = Vec::new();

@@ -217,11 +217,15 @@ mod tests {
             let relay = Relay::start(1, writes).unwrap();
             let mut subs = Vec::new();
             for _ in 0..2 {
-                let mut sub = wire::connect(relay.addr, "/sub").await.unwrap();
+                let mut sub = wire::connect(&wire::Dial::plain(relay.addr), "/sub")
+                    .await
+                    .unwrap();
                 assert_eq!(frame(&mut sub).await, (wire::TEXT, b"ready".to_vec()));
                 subs.push(sub);
             }
-            let mut publisher = wire::connect(relay.addr, "/pub").await.unwrap();
+            let mut publisher = wire::connect(&wire::Dial::plain(relay.addr), "/pub")
+                .await
+                .unwrap();
             let mut out = Vec::new();
             wire::put_frame(&mut out, wire::TEXT, b"not even JSON");
             wire::put_frame(&mut out, wire::BINARY, &[1, 2, 3]);

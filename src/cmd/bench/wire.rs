@@ -1,5 +1,6 @@
-//! A minimal WebSocket client, just enough for the bench: the opening handshake, writing masked
-//! frames, reading unmasked ones.
+//! A minimal WebSocket client, just enough for the bench: the opening handshake (with the
+//! token as `Authorization: Bearer`), over TCP or TLS (`wss://`, made by the nodes client's
+//! stream), writing masked frames, reading unmasked ones.
 //!
 //! Why not tokio-tungstenite here: the client must not be what limits a measurement. Reading
 //! straight from a large buffer and looking at each frame in place (no allocation, no UTF-8
@@ -12,8 +13,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use nodes::client::tls::ClientConfig;
+use nodes::client::Stream;
+use nodes::{BrokerUrl, TlsTrust};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -187,26 +194,215 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Where and how the bench connects: the broker's address (resolved once), and for a
+/// `wss://` broker its URL and TLS configuration; the credentials. Cheap to clone.
+#[derive(Clone)]
+pub struct Dial {
+    /// The broker's socket address.
+    pub addr: SocketAddr,
+    /// The `Host` header: the URL's authority, else the address.
+    host: String,
+    /// For `wss://`: the URL (its host is the TLS server name) and the trust.
+    tls: Option<(BrokerUrl, Arc<ClientConfig>)>,
+    /// Sent as `Authorization: Bearer` on every upgrade.
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dial")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Dial {
+    /// Plain WebSocket to `addr`, no credentials.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            host: addr.to_string(),
+            tls: None,
+            token: None,
+        }
+    }
+
+    /// The broker at `url` (`ws://` or `wss://`), resolved now, trusted as `trust` says.
+    ///
+    /// # Errors
+    /// A URL that is not a broker's, a host that does not resolve, a CA that cannot be used.
+    pub async fn url(url: &str, trust: &TlsTrust) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let parsed = BrokerUrl::parse(url)?;
+        let addr = tokio::net::lookup_host((parsed.host(), parsed.port()))
+            .await
+            .with_context(|| format!("cannot resolve {}", parsed.host()))?
+            .next()
+            .with_context(|| format!("{} has no address", parsed.host()))?;
+        let host = match parsed.host().contains(':') {
+            true => format!("[{}]:{}", parsed.host(), parsed.port()),
+            false => format!("{}:{}", parsed.host(), parsed.port()),
+        };
+        let tls = match (parsed.is_tls(), trust) {
+            (true, trust) => Some((parsed, trust.client_config()?)),
+            (false, TlsTrust::System) => None,
+            (false, _) => anyhow::bail!("--ca or --fingerprint given, but {url} is not wss://"),
+        };
+        Ok(Self {
+            addr,
+            host,
+            tls,
+            token: None,
+        })
+    }
+
+    /// The same, with credentials.
+    pub fn with_token(self, token: Option<String>) -> Self {
+        Self {
+            token: token.map(Into::into),
+            ..self
+        }
+    }
+}
+
+/// The read half of a connection: plain TCP, or TLS.
+pub enum Reader {
+    /// `ws://`.
+    Tcp(OwnedReadHalf),
+    /// `wss://`.
+    Tls(ReadHalf<Stream>),
+}
+
+/// The write half of a connection: plain TCP, or TLS.
+pub enum Writer {
+    /// `ws://`.
+    Tcp(OwnedWriteHalf),
+    /// `wss://`.
+    Tls(WriteHalf<Stream>),
+}
+
+impl AsyncRead for Reader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Reader::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            Reader::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            Writer::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_flush(cx),
+            Writer::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            Writer::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A WebSocket connection made by [`connect`], split for reading and writing.
 pub struct Conn {
     /// Frames from the server.
-    pub reader: FrameReader<OwnedReadHalf>,
-    /// Raw bytes to the server (write frames made with [`put_frame`]).
-    pub writer: OwnedWriteHalf,
+    pub reader: FrameReader<Reader>,
+    /// Raw bytes to the server (write frames made with [`put_frame`]). A TLS writer encrypts
+    /// each write into records and sends them before it returns (no flush needed).
+    pub writer: Writer,
 }
 
-/// Opens a WebSocket connection to `addr` with request path `path`.
+impl Conn {
+    /// The connection as one blocking std socket, for a paced publisher's thread: a thread that
+    /// sleeps until each message is due paces more finely than the runtime's timer.
+    ///
+    /// # Errors
+    /// A TLS connection (its records need the async TLS stream), or the socket could not be
+    /// made blocking.
+    pub fn into_blocking(self) -> io::Result<std::net::TcpStream> {
+        let (Reader::Tcp(reader), Writer::Tcp(writer)) = (self.reader.into_inner(), self.writer)
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS connection has no blocking socket",
+            ));
+        };
+        let stream = writer
+            .reunite(reader)
+            .map_err(|e| io::Error::other(format!("cannot reunite the halves: {e}")))?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+}
+
+/// Opens a WebSocket connection with request path `path`.
 ///
 /// # Errors
-/// The connection failed or the server did not switch protocols.
-pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<Conn> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+/// The connection or the TLS handshake failed, or the server did not switch protocols.
+pub async fn connect(dial: &Dial, path: &str) -> io::Result<Conn> {
+    let tcp = TcpStream::connect(dial.addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+        dial.host
     );
+    if let Some(token) = &dial.token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    match &dial.tls {
+        None => {
+            let mut tcp = tcp;
+            let rest = handshake(&mut tcp, &request).await?;
+            let (read, writer) = tcp.into_split();
+            Ok(Conn {
+                reader: FrameReader::new(Reader::Tcp(read), &rest),
+                writer: Writer::Tcp(writer),
+            })
+        }
+        Some((url, config)) => {
+            let mut tls = Stream::over(tcp, url, Some(Arc::clone(config)))
+                .await
+                .map_err(io::Error::other)?;
+            let rest = handshake(&mut tls, &request).await?;
+            let (read, writer) = tokio::io::split(tls);
+            Ok(Conn {
+                reader: FrameReader::new(Reader::Tls(read), &rest),
+                writer: Writer::Tls(writer),
+            })
+        }
+    }
+}
+
+/// Sends the upgrade request and reads the answer's head; returns the bytes read past it.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &str,
+) -> io::Result<Vec<u8>> {
     stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
     let mut head = Vec::with_capacity(256);
     let end = loop {
         if let Some(i) = memchr::memmem::find(&head, b"\r\n\r\n") {
@@ -219,6 +415,12 @@ pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<Conn> {
             ));
         }
     };
+    if head.starts_with(b"HTTP/1.1 401") {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the broker refused the credentials (HTTP 401): give --token",
+        ));
+    }
     if !head.starts_with(b"HTTP/1.1 101") {
         let line = String::from_utf8_lossy(&head[..head.len().min(64)]).into_owned();
         return Err(io::Error::new(
@@ -226,18 +428,14 @@ pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<Conn> {
             format!("server refused the upgrade: {line:?}"),
         ));
     }
-    let (read, writer) = stream.into_split();
-    Ok(Conn {
-        reader: FrameReader::new(read, &head[end..]),
-        writer,
-    })
+    Ok(head.split_off(end))
 }
 
 /// Answers a ping, so a long run is never mistaken for a dead client.
 ///
 /// # Errors
 /// The socket failed.
-pub async fn pong(writer: &mut OwnedWriteHalf, payload: &[u8]) -> io::Result<()> {
+pub async fn pong(writer: &mut Writer, payload: &[u8]) -> io::Result<()> {
     let mut out = Vec::with_capacity(payload.len() + 8);
     put_frame(&mut out, PONG, payload);
     writer.write_all(&out).await
@@ -302,6 +500,60 @@ mod tests {
         let f = reader.next().await.unwrap().unwrap();
         assert_eq!((f.opcode, f.payload), (PING, &b""[..]));
         assert!(reader.next().await.unwrap().is_none());
+    }
+
+    /// A server that reads one upgrade request, answers `status`, and returns the request.
+    async fn one_upgrade(status: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while memchr::memmem::find(&head, b"\r\n\r\n").is_none() {
+                assert!(tcp.read_buf(&mut head).await.unwrap() > 0);
+            }
+            let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn the_token_goes_in_the_upgrade_request() {
+        let (addr, server) = one_upgrade("101 Switching Protocols").await;
+        let dial = Dial::plain(addr).with_token(Some("s3cret".into()));
+        connect(&dial, "/").await.unwrap();
+        let request = server.await.unwrap();
+        assert!(
+            request.contains("\r\nAuthorization: Bearer s3cret\r\n"),
+            "{request}"
+        );
+        let (addr, server) = one_upgrade("101 Switching Protocols").await;
+        connect(&Dial::plain(addr), "/").await.unwrap();
+        assert!(!server.await.unwrap().contains("Authorization"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_says_so() {
+        let (addr, _server) = one_upgrade("401 Unauthorized").await;
+        let err = connect(&Dial::plain(addr), "/").await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("--token"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_trust_needs_a_wss_url() {
+        let err = Dial::url("ws://127.0.0.1:1", &TlsTrust::Fingerprint([0; 32]))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not wss://"), "{err}");
+        let dial = Dial::url("wss://127.0.0.1:1/", &TlsTrust::System)
+            .await
+            .unwrap();
+        assert!(dial.tls.is_some());
+        assert_eq!(dial.host, "127.0.0.1:1");
     }
 
     #[tokio::test]

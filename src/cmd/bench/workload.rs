@@ -13,7 +13,6 @@
 //! subscribers record `now - sent` in an HdrHistogram.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,10 +39,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 const STALL: Duration = Duration::from_secs(3);
 
 /// What to run the workload against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// The target's address.
-    pub addr: SocketAddr,
+    /// How to reach the target (its address; TLS and credentials for a broker).
+    pub dial: wire::Dial,
     /// The relay (paths `/sub` and `/pub`, no protocol) rather than a breadboard broker.
     pub relay: bool,
 }
@@ -223,7 +222,7 @@ pub async fn connect_subscriber(
     enc: Encoding,
 ) -> anyhow::Result<wire::Conn> {
     let path = if ep.relay { "/sub" } else { "/" };
-    let mut conn = wire::connect(ep.addr, path).await?;
+    let mut conn = wire::connect(&ep.dial, path).await?;
     if !ep.relay {
         conn.writer
             .write_all(&frames::subscribe(filter, enc)?)
@@ -319,7 +318,7 @@ async fn subscribe_loop(
 /// Sends `count` messages as fast as the window allows, many frames per write.
 async fn publish_fast(
     index: u16,
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut writer: wire::Writer,
     (template, at): (Vec<u8>, usize),
     count: u64,
     shared: Arc<Shared>,
@@ -403,6 +402,39 @@ fn publish_paced(
     Ok((seq, end))
 }
 
+/// As [`publish_paced`], as a task (for TLS): paced to the runtime timer's millisecond, which
+/// is coarser than a thread's sleep. The write half is shut down at the end (a TLS
+/// `close_notify`), and the drained read half takes what the broker still sends.
+async fn publish_paced_async(
+    index: u16,
+    mut writer: wire::Writer,
+    (mut frame, at): (Vec<u8>, usize),
+    count: u64,
+    pacing: Pacing,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> io::Result<(u64, Instant)> {
+    let interval = Duration::from_secs_f64(1.0 / pacing.rate);
+    let mut seq = 0;
+    while seq < count && !stop.is_cancelled() {
+        let due = pacing.start + interval.mul_f64(seq as f64);
+        tokio::time::sleep_until(due.into()).await;
+        shared.claim(1).await;
+        let stamp = Stamp {
+            publisher: index,
+            seq,
+            sent_ns: shared.now_ns(),
+        };
+        payload::write(&mut frame, at, stamp);
+        writer.write_all(&frame).await?;
+        shared.written.fetch_add(1, SeqCst);
+        seq += 1;
+    }
+    let end = Instant::now();
+    let _ = writer.shutdown().await;
+    Ok((seq, end))
+}
+
 /// Ends a paced publisher's connection so that the broker reads every frame it was sent.
 ///
 /// This thread never reads, so the broker's keepalive pings wait unread in its socket; closing a
@@ -428,7 +460,7 @@ fn close_paced(mut stream: std::net::TcpStream) {
 }
 
 /// Reads and discards what the broker sends a publisher (answering pings).
-async fn drain(mut reader: wire::FrameReader<tokio::net::tcp::OwnedReadHalf>) {
+async fn drain(mut reader: wire::FrameReader<wire::Reader>) {
     while let Ok(Some(frame)) = reader.next().await {
         if frame.opcode == wire::CLOSE {
             break;
@@ -461,7 +493,8 @@ impl Publisher {
         });
     }
 
-    /// Sends at its pace, on a thread of its own over a blocking socket.
+    /// Sends at its pace, on a thread of its own over a blocking socket; over TLS, whose
+    /// records need the async stream, as a task paced by the runtime's timer.
     ///
     /// # Errors
     /// The socket could not be made blocking.
@@ -472,7 +505,25 @@ impl Publisher {
         stop: CancellationToken,
         publishers: &mut Publishers,
     ) -> io::Result<()> {
-        let stream = blocking_stream(conn)?;
+        if let wire::Writer::Tls(_) = conn.writer {
+            tokio::spawn(drain(conn.reader));
+            publishers.spawn(async move {
+                let index = self.index;
+                let sent = publish_paced_async(
+                    index,
+                    conn.writer,
+                    self.frame,
+                    self.count,
+                    pacing,
+                    self.shared,
+                    stop,
+                )
+                .await;
+                (index, sent)
+            });
+            return Ok(());
+        }
+        let stream = conn.into_blocking()?;
         publishers.spawn_blocking(move || {
             let index = self.index;
             let sent = publish_paced(
@@ -488,18 +539,6 @@ impl Publisher {
         });
         Ok(())
     }
-}
-
-/// A connection as one blocking std socket, for a paced publisher's thread: a thread that
-/// sleeps until each message is due paces more finely than the runtime's timer.
-fn blocking_stream(conn: wire::Conn) -> io::Result<std::net::TcpStream> {
-    let stream = conn
-        .writer
-        .reunite(conn.reader.into_inner())
-        .map_err(|e| io::Error::other(format!("cannot reunite the publisher's halves: {e}")))?;
-    let stream = stream.into_std()?;
-    stream.set_nonblocking(false)?;
-    Ok(stream)
 }
 
 /// Runs the workload once. `probe` is called right before the first message and right after
@@ -519,8 +558,8 @@ pub async fn run(
     let _stop_on_exit = stop.clone().drop_guard();
     let shared = Arc::new(Shared::new(p));
     let frame = frames::publish(TOPIC, p.size, p.encoding)?;
-    let sub_conns = connect_subscribers(ep, p).await?;
-    let pub_conns = connect_publishers(ep, p.pubs).await?;
+    let sub_conns = connect_subscribers(&ep, p).await?;
+    let pub_conns = connect_publishers(&ep, p.pubs).await?;
     let subscribers = spawn_subscribers(sub_conns, &shared, p, &stop);
 
     probe();
@@ -540,12 +579,12 @@ pub async fn run(
 
 /// Connects and subscribes every subscriber, all at once: they must all be subscribed before
 /// the first message, or they would miss it.
-async fn connect_subscribers(ep: Endpoint, p: &Params) -> anyhow::Result<Vec<wire::Conn>> {
+async fn connect_subscribers(ep: &Endpoint, p: &Params) -> anyhow::Result<Vec<wire::Conn>> {
     let mut connecting = JoinSet::new();
     for _ in 0..p.subs {
         connecting.spawn(tokio::time::timeout(
             SETUP_TIMEOUT,
-            connect_subscriber(ep, TOPIC, p.encoding),
+            connect_subscriber(ep.clone(), TOPIC, p.encoding),
         ));
     }
     let mut conns = Vec::with_capacity(p.subs);
@@ -556,11 +595,11 @@ async fn connect_subscribers(ep: Endpoint, p: &Params) -> anyhow::Result<Vec<wir
 }
 
 /// Connects every publisher, before any sends, so that connecting is not timed.
-async fn connect_publishers(ep: Endpoint, pubs: usize) -> anyhow::Result<Vec<wire::Conn>> {
+async fn connect_publishers(ep: &Endpoint, pubs: usize) -> anyhow::Result<Vec<wire::Conn>> {
     let path = if ep.relay { "/pub" } else { "/" };
     let mut conns = Vec::with_capacity(pubs);
     for _ in 0..pubs {
-        let conn = tokio::time::timeout(SETUP_TIMEOUT, wire::connect(ep.addr, path))
+        let conn = tokio::time::timeout(SETUP_TIMEOUT, wire::connect(&ep.dial, path))
             .await
             .context("connecting a publisher took too long")??;
         conns.push(conn);

@@ -63,8 +63,8 @@ impl clap::Args for Args {
 /// The flags every kind takes.
 #[derive(clap::Args, Debug)]
 struct Common {
-    /// The broker's WebSocket address. Without it the node finds a broker over mDNS (or, with
-    /// --no-mdns, uses ws://127.0.0.1:8765).
+    /// The broker's WebSocket address (ws:// or wss://). Without it the node finds a broker
+    /// over mDNS (or, with --no-mdns, uses ws://127.0.0.1:8765).
     #[arg(short, long, env = "BREADBOARD_BROKER")]
     broker: Option<String>,
     /// Over mDNS, use the broker with this name (default: the first one found).
@@ -72,6 +72,8 @@ struct Common {
     broker_name: Option<String>,
     #[command(flatten)]
     mdns: super::MdnsArgs,
+    #[command(flatten)]
+    access: super::access::AccessArgs,
     /// The node's name, unique on the broker (default: the kind's usual name, such as pin-1).
     #[arg(short, long)]
     name: Option<String>,
@@ -90,7 +92,7 @@ fn command(kind: &Kind) -> Command {
 ///
 /// # Errors
 /// When the node fails (a clock whose tick nobody acknowledged in time with `--expect`, a name
-/// already taken, a broker URL that is not `ws://`).
+/// already taken, a broker URL that is not `ws://` or `wss://`, a CA file that cannot be read).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let Args { kind, matches } = args;
     let common = Common::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -98,6 +100,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let name = common.name.unwrap_or_else(|| kind.default_name.to_string());
     let mut config = Config::new(name.clone(), kind.name);
     config.request_timeout = common.request_timeout;
+    // A broker found over mDNS is pinned to its advertised fingerprint by the runtime, unless
+    // --ca or --fingerprint set a trust here.
+    config.connect = common.access.apply(config.connect)?;
     let shutdown = super::shutdown_on_signal()?;
     let mdns = match &common.broker {
         // Given an address, a node needs no discovery (it still advertises itself).

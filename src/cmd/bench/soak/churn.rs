@@ -13,7 +13,6 @@
 //! hold). Clients alternate JSON and MessagePack. Names come from a pool that a client reuses
 //! only [`NAME_REUSE`] after its last holder started, so presence entries stay bounded too.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -51,7 +50,7 @@ const ERRORS_LOGGED: u64 = 5;
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// The broker.
-    pub addr: SocketAddr,
+    pub dial: wire::Dial,
     /// Clients started per second.
     pub per_second: u32,
     /// When to stop starting clients.
@@ -75,7 +74,7 @@ impl Plan {
     fn script(&self, i: u64) -> Script {
         let slot = i % self.name_pool();
         Script {
-            addr: self.addr,
+            dial: self.dial.clone(),
             name: format!("soak-{}-{slot}", self.tag),
             own: format!("soak/{}/c/{slot}", self.tag),
             retained: format!("soak/{}/r/{slot}", self.tag),
@@ -108,7 +107,7 @@ enum Ending {
 /// What one client does.
 #[derive(Debug, Clone)]
 struct Script {
-    addr: SocketAddr,
+    dial: wire::Dial,
     /// Its `hello` name.
     name: String,
     /// The topic of its own messages (it subscribes to `<own>/#`).
@@ -286,7 +285,9 @@ impl Heard {
 /// It could not connect, the broker refused a frame or closed the connection.
 async fn client(s: Script) -> anyhow::Result<ClientEnd> {
     let enc = s.encoding;
-    let mut conn = wire::connect(s.addr, "/").await.context("cannot connect")?;
+    let mut conn = wire::connect(&s.dial, "/")
+        .await
+        .context("cannot connect")?;
     let mut out = frames::hello(&s.name, "soak", 1, enc);
     out.extend(frames::subscribe_with_id(&format!("{}/#", s.own), 2, enc)?);
     out.extend(frames::subscribe_with_id(&s.everyone, 3, enc)?);
@@ -393,7 +394,7 @@ async fn close(conn: &mut wire::Conn, heard: &mut Heard, s: &Script) -> anyhow::
 pub async fn retained_left(plan: &Plan) -> anyhow::Result<u64> {
     let count = async {
         let enc = Encoding::Json;
-        let mut conn = wire::connect(plan.addr, "/").await?;
+        let mut conn = wire::connect(&plan.dial, "/").await?;
         let filter = plan.retained_filter();
         conn.writer
             .write_all(&frames::subscribe_with_id(&filter, 1, enc)?)
@@ -427,7 +428,7 @@ mod tests {
 
     fn plan(per_second: u32) -> Plan {
         Plan {
-            addr: "127.0.0.1:1".parse().unwrap(),
+            dial: wire::Dial::plain("127.0.0.1:1".parse().unwrap()),
             per_second,
             until: Instant::now(),
             tag: "t".into(),

@@ -251,7 +251,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let start = Instant::now();
     let plan = churn::Plan {
-        addr: target.addr,
+        dial: target.dial.clone(),
         per_second: args.churn,
         until: start + args.duration,
         tag: format!("{:x}", std::process::id()),
@@ -262,7 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let done = CancellationToken::new();
     let load = async {
         let ep = Endpoint {
-            addr: target.addr,
+            dial: target.dial.clone(),
             relay: false,
         };
         let mut no_probe = || {};
