@@ -314,6 +314,9 @@ fn ls_lists_a_broker_advertised_on_another_host() {
     let started = Instant::now();
     let broker = lan.start("a", &["broker", "--name", "alpha"]);
     broker.expect_line("listening on ws://");
+    // Without --auth, beyond loopback, the broker says it is open, naming its LAN address.
+    let open = broker.expect_line("open to anyone on");
+    assert!(open.contains("10.77.0.1:8765"), "{open}");
     let mut watch = lan.start("c", &["ls", "--watch", "--json"]);
     let line = watch.expect_line("\"alpha\"");
     let event: Value = serde_json::from_str(&line).expect("a JSON event");

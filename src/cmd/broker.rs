@@ -264,13 +264,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(tls) = &config.tls {
         println!("tls fingerprint sha256:{}", tls.fingerprint_hex());
     }
-    std::io::stdout().flush()?;
+    // Said where the start is said, once: an open broker on the LAN is a choice to make knowingly.
     if config.auth_file.is_none() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            addresses = %reachable_on(addr),
-            "no --auth: anyone who can reach these addresses may publish and subscribe to anything"
+        println!(
+            "open to anyone on {}: no --auth, so any client may publish and subscribe to anything",
+            reachable_on(addr)
         );
     }
+    std::io::stdout().flush()?;
     let security = discovery::BrokerSecurity {
         tls_fingerprint: config.tls.as_ref().map(|tls| tls.fingerprint_hex()),
         auth: config.auth_file.is_some(),
