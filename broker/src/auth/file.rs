@@ -11,7 +11,7 @@
 //! subscribe = ["pin/+/state"]
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -122,7 +122,19 @@ fn invalid(what: String) -> Mistake {
 pub(crate) fn parse(text: &str) -> Result<Rules, Mistake> {
     let doc: Doc = toml::from_str(text).map_err(|e| Mistake::Parse(Box::new(e)))?;
     let mut users = Vec::with_capacity(doc.users.len());
+    let mut owners: HashMap<String, String> = HashMap::new();
     for (name, user) in doc.users {
+        // One token, one user: a hash pasted under two users would make the user a token
+        // stands for depend on which is tried first.
+        for token in &user.tokens {
+            if let Some(other) = owners.insert(token.clone(), name.clone()) {
+                if other != name {
+                    return Err(invalid(format!(
+                        "[users.{name}] and [users.{other}] have the same token hash: give each user its own token"
+                    )));
+                }
+            }
+        }
         users.push(read_user(name, user)?);
     }
     let anonymous = match doc.anonymous {
@@ -267,8 +279,14 @@ mod tests {
         PHC.get_or_init(|| super::super::tokens::hash("secret").unwrap())
     }
 
+    /// Another, for a second user.
+    fn phc2() -> &'static str {
+        static PHC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PHC.get_or_init(|| super::super::tokens::hash("other").unwrap())
+    }
+
     fn text(body: &str) -> String {
-        body.replace("PHC", phc())
+        body.replace("PHC2", phc2()).replace("PHC", phc())
     }
 
     fn mistake(body: &str) -> String {
@@ -289,7 +307,7 @@ mod tests {
             subscribe = { allow = ["clock/tick", "_inbox/%u/#"], deny = ["clock/secret"] }
 
             [users.admin]
-            tokens = ["PHC"]
+            tokens = ["PHC2"]
             names = ["*"]
             publish = ["#"]
             subscribe = ["#", "$SYS/#"]
@@ -338,6 +356,8 @@ mod tests {
         );
         assert!(mistake("[users.\"a/b\"]\ntokens = [\"PHC\"]").contains("users.a/b"));
         assert!(mistake("[user.a]\n").contains("unknown field"));
+        assert!(mistake("[users.a]\ntokens = [\"PHC\"]\n[users.b]\ntokens = [\"PHC\"]")
+            .contains("the same token hash"));
         assert!(mistake("[users.a\n").contains("line 1"));
     }
 }

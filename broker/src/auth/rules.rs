@@ -2,7 +2,7 @@
 //! the `hello` names it may take. Pure: the rules as the auth file gave them, checked against
 //! topics and filters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use proto::{TopicFilter, TopicName};
@@ -95,8 +95,8 @@ pub struct User {
 /// Everything an auth file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
-    /// The users, by name.
-    pub users: HashMap<Arc<str>, User>,
+    /// The users, by name (in order: an unknown token is tried against them in this order).
+    pub users: BTreeMap<Arc<str>, User>,
     /// What clients without credentials may do.
     pub anonymous: Arc<Permissions>,
     /// Names some user is bound to by name (not by `*`): not for anonymous clients.
