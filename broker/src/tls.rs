@@ -32,12 +32,12 @@ pub enum TlsError {
     #[error("cannot make a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
     /// The self-signed certificate cannot be kept in the data directory.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {error}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not also a source: reports of the chain say it once).
+        error: std::io::Error,
     },
 }
 
@@ -98,7 +98,7 @@ impl TlsIdentity {
         let (cert, key) = generate(host_name)?;
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| TlsError::Write { path, source }
+            move |error| TlsError::Write { path, error }
         };
         std::fs::create_dir_all(&tls_dir).map_err(write_err(&tls_dir))?;
         write_private(&key_path, key.as_bytes()).map_err(write_err(&key_path))?;

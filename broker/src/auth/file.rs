@@ -25,20 +25,22 @@ use super::rules::{FilterRules, Names, Permissions, Rules, User};
 #[non_exhaustive]
 pub enum AuthFileError {
     /// The file cannot be read.
-    #[error("cannot read the auth file {}: {source}", path.display())]
+    // The causes are in the messages (and not also sources), so that a report of the whole
+    // chain does not say them twice.
+    #[error("cannot read the auth file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not TOML, or not the shape of an auth file (the message gives line and column).
-    #[error("the auth file {} is not valid: {source}", path.display())]
+    #[error("the auth file {} is not valid: {error}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
         /// What the TOML reader said.
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// TOML of the right shape with a value that is not allowed.
     #[error("the auth file {}: {what}", path.display())]
@@ -82,9 +84,9 @@ struct AnonymousDoc {
 /// [`AuthFileError`]: unreadable, not TOML, or a value not allowed (a filter, a name, a token
 /// that is not an argon2 PHC string), naming the user and field.
 pub fn load(path: &Path) -> Result<Rules, AuthFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| AuthFileError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(&text).map_err(|e| e.at(path))
 }
@@ -108,7 +110,7 @@ impl Mistake {
     fn at(self, path: &Path) -> AuthFileError {
         let path = path.to_path_buf();
         match self {
-            Self::Parse(source) => AuthFileError::Parse { path, source },
+            Self::Parse(error) => AuthFileError::Parse { path, error },
             Self::Invalid(what) => AuthFileError::Invalid { path, what },
         }
     }
