@@ -55,6 +55,8 @@ pub struct Config {
     pub allow_origins: Vec<String>,
     /// TLS on the port (WebSocket and pages); `None`: plain.
     pub tls: Option<crate::tls::TlsIdentity>,
+    /// The NATS cluster this broker is part of; `None`: a broker on its own.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             auth_file: None,
             allow_origins: Vec::new(),
             tls: None,
+            cluster: None,
         }
     }
 }

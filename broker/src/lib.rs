@@ -28,6 +28,7 @@
 //! shutdown token.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod head;
 mod http;
@@ -59,6 +60,9 @@ pub enum Error {
     /// The auth file cannot be used.
     #[error(transparent)]
     Auth(#[from] auth::AuthFileError),
+    /// The cluster cannot be joined (its options are wrong; NATS being down is not an error).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),

@@ -83,10 +83,11 @@ impl Broker {
     }
 
     /// Serves clients accepted on `listener` until `shutdown` is cancelled, then closes every
-    /// connection (with a close frame), makes the store durable and returns.
+    /// connection (with a close frame), makes the store durable and returns. With a cluster, the
+    /// bridge starts too (and connects in the background: NATS down is not an error).
     ///
     /// # Errors
-    /// Only if the listener's address cannot be read.
+    /// The listener's address cannot be read; the cluster's options are not usable.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
         serve(self, listener, shutdown).await
     }
@@ -109,6 +110,9 @@ async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToke
     }
     if let Some(ttl) = config.presence_ttl {
         tracker.spawn(forget_offline(router.clone(), ttl, shutdown.clone()));
+    }
+    if let Some(cluster) = &config.cluster {
+        crate::cluster::join(cluster, &config.name, &router, &tracker, shutdown.clone()).await?;
     }
 
     loop {

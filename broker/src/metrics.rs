@@ -44,6 +44,18 @@ pub struct Metrics {
     pub auth_delayed: AtomicU64,
     /// WebSocket upgrades refused for their `Origin` (cross-site pages).
     pub refused_origins: AtomicU64,
+    /// Whether the cluster bridge is connected to NATS now (1) or not (0).
+    pub cluster_connected: AtomicU64,
+    /// Messages sent to the cluster.
+    pub cluster_out: AtomicU64,
+    /// Messages received from the cluster and delivered locally.
+    pub cluster_in: AtomicU64,
+    /// Messages not sent to the cluster (its queue full, or NATS refusing them).
+    pub cluster_dropped: AtomicU64,
+    /// Second copies of a message (overlapping subscriptions) dropped.
+    pub cluster_duplicates: AtomicU64,
+    /// Messages from NATS under the cluster's prefix that encode no topic.
+    pub cluster_invalid: AtomicU64,
     /// `err` frames sent, by code (indexed like [`ErrorCode::ALL`]).
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -66,7 +78,7 @@ impl Metrics {
         self.errors[code_index(code)].load(Relaxed)
     }
 
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 16] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 22] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -164,6 +176,42 @@ impl Metrics {
                 "counter",
                 "WebSocket upgrades refused for a foreign Origin",
                 g(&self.refused_origins),
+            ),
+            (
+                "cluster_connected",
+                "gauge",
+                "Whether the cluster bridge is connected to NATS",
+                g(&self.cluster_connected),
+            ),
+            (
+                "cluster_out_total",
+                "counter",
+                "Messages sent to the cluster",
+                g(&self.cluster_out),
+            ),
+            (
+                "cluster_in_total",
+                "counter",
+                "Messages from the cluster delivered locally",
+                g(&self.cluster_in),
+            ),
+            (
+                "cluster_dropped_total",
+                "counter",
+                "Messages not sent to the cluster",
+                g(&self.cluster_dropped),
+            ),
+            (
+                "cluster_duplicates_total",
+                "counter",
+                "Second copies from overlapping NATS subscriptions dropped",
+                g(&self.cluster_duplicates),
+            ),
+            (
+                "cluster_invalid_total",
+                "counter",
+                "Messages under the cluster prefix that encode no topic",
+                g(&self.cluster_invalid),
             ),
         ]
     }

@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -20,6 +20,7 @@ use proto::{Encoding, Message, Publish, ServerFrame, TopicFilter, TopicName};
 use serde_json::{json, Value};
 use smallvec::SmallVec;
 
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{Backlogs, Frame, Outbox, Outgoing};
@@ -101,12 +102,24 @@ pub struct Router {
     pub backlogs: Arc<Backlogs>,
     /// Where retained values and presence are kept across restarts.
     store: Store,
+    /// The cluster bridge, when the broker is part of one: told of every client publish and
+    /// of every filter that gains its first local subscriber or loses its last.
+    cluster: OnceLock<Arc<Link>>,
 }
 
 impl Default for Router {
     fn default() -> Self {
         Self::new(&Config::default(), Store::in_memory())
     }
+}
+
+/// Where a published message comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A client of this broker (or the broker itself): also for the cluster.
+    Local,
+    /// Another broker of the cluster: for local subscribers only.
+    Cluster,
 }
 
 /// What a retained `pub` did to its topic's value, to be written to the store.
@@ -137,7 +150,13 @@ impl Router {
             backlogs: Backlogs::new(config.max_backlog_bytes, metrics.clone()),
             metrics,
             store,
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Joins the router to a cluster bridge (once).
+    pub(crate) fn attach(&self, link: Arc<Link>) {
+        let _ = self.cluster.set(link);
     }
 
     /// Whether retained values are written to disk (and a retained `pub` with an `id` is
@@ -189,7 +208,13 @@ impl Router {
     /// filters match its topic, once each, encoding it at most once per encoding in use; keeps
     /// it as the topic's retained value if it says so and the limits allow.
     pub fn publish(&self, p: &Publish<'_>, from: Option<&str>) -> Routed {
-        self.route(p, from, None, None)
+        self.route(p, from, None, None, Origin::Local)
+    }
+
+    /// [`Router::publish`] for a message that came from another broker of the cluster: for local
+    /// subscribers only, never sent back to the cluster.
+    pub(crate) fn publish_remote(&self, p: &Publish<'_>, from: Option<&str>) -> Routed {
+        self.route(p, from, None, None, Origin::Cluster)
     }
 
     /// [`Router::publish`] for a client that publishes again and again: its last topic's
@@ -203,7 +228,7 @@ impl Router {
         cache: &mut RouteCache,
         durable: Option<Ack>,
     ) -> Routed {
-        self.route(p, from, Some(cache), durable)
+        self.route(p, from, Some(cache), durable, Origin::Local)
     }
 
     fn route(
@@ -212,6 +237,7 @@ impl Router {
         from: Option<&str>,
         cache: Option<&mut RouteCache>,
         durable: Option<Ack>,
+        origin: Origin,
     ) -> Routed {
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         let (kept, refused) = match p.retain.then(|| self.retain(p, from)) {
@@ -272,6 +298,9 @@ impl Router {
         // publisher before its message reached the subscribers.
         if let Some(kept) = kept {
             self.persist(p.topic.as_str(), kept, durable);
+        }
+        if let (Origin::Local, Some(link)) = (origin, self.cluster.get()) {
+            link.published(p, from);
         }
         Routed { delivered, refused }
     }
@@ -334,6 +363,9 @@ impl Router {
         if added {
             self.generation.fetch_add(1, Relaxed);
             self.metrics.subscriptions.fetch_add(1, Relaxed);
+            if let Some(link) = self.cluster.get() {
+                link.interest(filter, true);
+            }
         }
         let replay = self
             .retained
@@ -353,6 +385,9 @@ impl Router {
         if removed {
             self.generation.fetch_add(1, Relaxed);
             self.metrics.subscriptions.fetch_sub(1, Relaxed);
+            if let Some(link) = self.cluster.get() {
+                link.interest(filter, false);
+            }
         }
         removed
     }
@@ -364,6 +399,9 @@ impl Router {
             if index.remove(filter, id) {
                 self.generation.fetch_add(1, Relaxed);
                 self.metrics.subscriptions.fetch_sub(1, Relaxed);
+                if let Some(link) = self.cluster.get() {
+                    link.interest(filter, false);
+                }
             }
         }
     }

@@ -82,6 +82,16 @@ impl<'a> Data<'a> {
         }
     }
 
+    /// The value as JSON text: the very text sent when it was sent as JSON, else written from
+    /// the value. What the cluster bridge carries between brokers.
+    pub fn to_json(&self) -> Cow<'a, str> {
+        match &self.0 {
+            Repr::Json(raw) => Cow::Borrowed(raw.0),
+            // A `Value` always writes: its keys are strings.
+            _ => Cow::Owned(serde_json::to_string(&self.to_value()).unwrap_or_default()),
+        }
+    }
+
     /// The JSON text as it was sent, if it is held so.
     pub(crate) fn as_json(&self) -> Option<&'a str> {
         match self.0 {

@@ -88,6 +88,27 @@ pub struct Args {
     /// data directory; its fingerprint is advertised over mDNS for nodes to pin.
     #[arg(long)]
     pub tls_self_signed: bool,
+    /// NATS servers of the cluster to join (`nats://host:4222`, comma-separated or repeated):
+    /// brokers given the same servers and --cluster-name form one topic space.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// The cluster's name: its subject prefix in NATS is `bb.<name>.`.
+    #[arg(long, default_value = "breadboard", requires = "cluster")]
+    pub cluster_name: String,
+    /// A token for the NATS servers.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BREADBOARD_CLUSTER_TOKEN",
+        requires = "cluster"
+    )]
+    pub cluster_token: Option<String>,
+    /// A NATS credentials file (`.creds`).
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub cluster_creds: Option<PathBuf>,
+    /// A CA certificate (PEM) for NATS servers that speak TLS.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub cluster_ca: Option<PathBuf>,
     #[command(flatten)]
     pub mdns: super::MdnsArgs,
 }
@@ -237,6 +258,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         auth_file: args.auth.clone(),
         allow_origins: args.allow_origins.clone(),
         tls: tls_identity(&args, &name_for_tls)?,
+        cluster: (!args.cluster.is_empty()).then(|| broker::cluster::ClusterConfig {
+            urls: args.cluster.clone(),
+            name: args.cluster_name.clone(),
+            token: args.cluster_token.clone(),
+            creds: args.cluster_creds.clone(),
+            ca: args.cluster_ca.clone(),
+        }),
         ..broker::Config::default()
     };
     // The data directory is opened before anything is bound: a locked or corrupt one stops
