@@ -11,6 +11,7 @@
 
 mod auth;
 mod bad_input;
+mod cluster;
 mod harness;
 mod http;
 mod limits;

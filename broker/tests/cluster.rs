@@ -1,0 +1,257 @@
+//! Brokers joined through NATS (`Config::cluster`): a real `nats-server` on a loopback port,
+//! two brokers in this process. One NATS server is not a cluster of servers: the multi-host
+//! cases (three servers clustered, brokers on other hosts, servers killed) are in the root
+//! package's end-to-end tests, on a virtual LAN of network namespaces.
+//!
+//! Needs `nats-server` (Debian's package; `scripts/test` installs it). Under `CI=true` its
+//! absence is a failure; elsewhere these tests skip with a visible message.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use broker::cluster::ClusterConfig;
+use serde_json::{json, Value};
+
+use crate::harness::{publish, sub, unsub, Broker, Client, WAIT};
+
+/// A `nats-server` on 127.0.0.1, stopped on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Nats {
+    /// Starts one on `port` (0: any), or `None` (after saying why) if there is no nats-server.
+    fn start(port: u16, test: &str) -> Option<Nats> {
+        let port_arg = if port == 0 {
+            "-1".to_string()
+        } else {
+            port.to_string()
+        };
+        let spawned = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let why = format!("{test}: needs nats-server ({e})");
+                assert!(
+                    !std::env::var("CI").is_ok_and(|v| v == "true"),
+                    "{why}; CI=true, so this is a failure, not a skip"
+                );
+                eprintln!("SKIPPED {why}");
+                return None;
+            }
+        };
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("client connections on ") {
+                    let addr = &line[at + "client connections on ".len()..];
+                    let port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(WAIT)
+            .ok()
+            .flatten()
+            .expect("nats-server says where it listens");
+        Some(Nats { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn member(url: &str, name: &str) -> Broker {
+    let (url, name) = (url.to_string(), name.to_string());
+    Broker::with(move |config| {
+        config.name = name;
+        config.stats_interval = None;
+        config.cluster = Some(ClusterConfig {
+            urls: vec![url],
+            name: "test".into(),
+            token: None,
+            creds: None,
+            ca: None,
+        });
+    })
+}
+
+/// Publishes probes on `topic` from `publisher` until `subscriber` receives one: the moment
+/// the subscriber's broker has its NATS subscription in place. Returns how long it took.
+async fn until_crossing(publisher: &mut Client, subscriber: &mut Client, topic: &str) -> Duration {
+    let started = Instant::now();
+    for i in 0..100u64 {
+        publish(publisher, topic, json!({"probe": i}), 1_000_000 + i).await;
+        if let Some(msg) = subscriber.recv_message(Duration::from_millis(100)).await {
+            let got = crate::harness::decode(&msg);
+            assert_eq!(got["topic"], topic, "{got}");
+            // Probes sent meanwhile may still be on their way: let them land.
+            while subscriber
+                .recv_message(Duration::from_millis(200))
+                .await
+                .is_some()
+            {}
+            return started.elapsed();
+        }
+    }
+    panic!("no message crossed the cluster on {topic} in 10 s");
+}
+
+#[tokio::test]
+async fn messages_cross_once_and_in_order_to_the_broker_that_wants_them() {
+    let Some(nats) = Nats::start(0, "messages_cross_once") else {
+        return;
+    };
+    let (a, b) = (member(&nats.url(), "a"), member(&nats.url(), "b"));
+    let mut on_b = Client::json(&b.url()).await;
+    // Two overlapping filters: NATS delivers each message to both subscriptions.
+    sub(&mut on_b, "pin/+/state", 1).await;
+    sub(&mut on_b, "pin/#", 2).await;
+    let mut on_a = Client::json(&a.url()).await;
+    // A subscriber on the publisher's own broker gets each message once, not echoed back.
+    sub(&mut on_a, "pin/p1/state", 1).await;
+    let mut publisher = Client::json(&a.url()).await;
+    let took = until_crossing(&mut publisher, &mut on_b, "pin/p1/state").await;
+    eprintln!("B's interest reached A through NATS in {took:?}");
+    while on_a.recv_message(Duration::from_millis(50)).await.is_some() {}
+
+    for i in 0..200u64 {
+        publisher
+            .send(json!({"op": "pub", "topic": "pin/p1/state", "data": i}))
+            .await;
+    }
+    for i in 0..200u64 {
+        let got = on_b.recv().await;
+        assert_eq!(got["data"], json!(i), "in order, once: {got}");
+        let got = on_a.recv().await;
+        assert_eq!(got["data"], json!(i), "local subscriber: {got}");
+    }
+    assert!(
+        on_b.recv_message(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no duplicate"
+    );
+    assert!(
+        on_a.recv_message(Duration::from_millis(100))
+            .await
+            .is_none(),
+        "no echo"
+    );
+    assert!(b.metric("breadboard_cluster_duplicates_total").await >= 200.0);
+    assert_eq!(a.metric("breadboard_cluster_connected").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_request_on_one_broker_is_answered_from_another() {
+    let Some(nats) = Nats::start(0, "a_request_is_answered_across") else {
+        return;
+    };
+    let (a, b) = (member(&nats.url(), "a"), member(&nats.url(), "b"));
+    let mut responder = Client::json(&b.url()).await;
+    sub(&mut responder, "clock/tick", 1).await;
+    let mut requester = Client::json(&a.url()).await;
+    sub(&mut requester, "_inbox/me/+", 1).await;
+    let mut probe = Client::json(&a.url()).await;
+    until_crossing(&mut probe, &mut responder, "clock/tick").await;
+
+    requester
+        .send(json!({"op": "pub", "topic": "clock/tick", "data": 7, "reply": "_inbox/me/1"}))
+        .await;
+    let request = responder.recv().await;
+    assert_eq!(request["reply"], "_inbox/me/1", "{request}");
+    // The requester's inbox interest must have reached B's side too.
+    let mut answered = None;
+    for i in 0..50 {
+        publish(&mut responder, "_inbox/me/1", json!([0, 1, 0]), 10 + i).await;
+        if let Some(msg) = requester.recv_message(Duration::from_millis(100)).await {
+            answered = Some(crate::harness::decode(&msg));
+            break;
+        }
+    }
+    let answer = answered.expect("an answer across brokers");
+    assert_eq!(answer["topic"], "_inbox/me/1");
+    assert_eq!(answer["data"], json!([0, 1, 0]));
+}
+
+#[tokio::test]
+async fn traffic_crosses_only_where_it_is_wanted() {
+    let Some(nats) = Nats::start(0, "traffic_crosses_only_where_wanted") else {
+        return;
+    };
+    let (a, b) = (member(&nats.url(), "a"), member(&nats.url(), "b"));
+    let mut on_b = Client::json(&b.url()).await;
+    sub(&mut on_b, "wanted/#", 1).await;
+    let mut publisher = Client::json(&a.url()).await;
+    until_crossing(&mut publisher, &mut on_b, "wanted/x").await;
+    let before = b.metric("breadboard_cluster_in_total").await;
+    for i in 0..50 {
+        publish(&mut publisher, "unwanted/x", json!(i), i).await;
+    }
+    // Once B drops its interest, wanted/x stops arriving there too.
+    unsub(&mut on_b, "wanted/#", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..50 {
+        publish(&mut publisher, "wanted/x", json!(i), 100 + i).await;
+    }
+    let mut check = Client::json(&a.url()).await;
+    publish(&mut check, "unwanted/flush", json!(null), 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.metric("breadboard_cluster_in_total").await,
+        before,
+        "B received what none of its clients wants"
+    );
+    assert!(a.metric("breadboard_cluster_out_total").await >= 100.0);
+}
+
+#[tokio::test]
+async fn a_broker_serves_alone_while_nats_is_down_and_joins_when_it_comes() {
+    // A port with nothing on it, for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("nats://127.0.0.1:{port}");
+    let (a, b) = (member(&url, "a"), member(&url, "b"));
+    let mut local_sub = Client::json(&a.url()).await;
+    sub(&mut local_sub, "x/#", 1).await;
+    let mut local_pub = Client::json(&a.url()).await;
+    publish(&mut local_pub, "x/1", json!(1), 1).await;
+    let got: Value = local_sub.recv().await;
+    assert_eq!(got["data"], 1, "local clients are served without NATS");
+    assert_eq!(a.metric("breadboard_cluster_connected").await, 0.0);
+
+    let Some(_nats) = Nats::start(port, "a_broker_joins_when_nats_comes") else {
+        return;
+    };
+    let mut on_b = Client::json(&b.url()).await;
+    sub(&mut on_b, "x/#", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.metric("breadboard_cluster_connected").await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never connected to NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = until_crossing(&mut local_pub, &mut on_b, "x/2").await;
+    eprintln!("messages cross {took:?} after the broker saw NATS");
+}
