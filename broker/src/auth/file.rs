@@ -358,8 +358,10 @@ mod tests {
         );
         assert!(mistake("[users.\"a/b\"]\ntokens = [\"PHC\"]").contains("users.a/b"));
         assert!(mistake("[user.a]\n").contains("unknown field"));
-        assert!(mistake("[users.a]\ntokens = [\"PHC\"]\n[users.b]\ntokens = [\"PHC\"]")
-            .contains("the same token hash"));
+        assert!(
+            mistake("[users.a]\ntokens = [\"PHC\"]\n[users.b]\ntokens = [\"PHC\"]")
+                .contains("the same token hash")
+        );
         assert!(mistake("[users.a\n").contains("line 1"));
     }
 }
