@@ -7,4 +7,5 @@ mod clients;
 mod common;
 mod dashboard;
 mod lan;
+mod nats_cluster;
 mod tools;

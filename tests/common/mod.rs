@@ -182,3 +182,6 @@ impl Broker {
         client::metric(self.addr, name).await
     }
 }
+
+pub mod lan;
+pub mod nats;
