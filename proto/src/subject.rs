@@ -432,6 +432,7 @@ mod tests {
             ("a*b/c>d", "bb.breadboard.a=2Ab.c=3Ed"),
             ("eq=/tab\t", "bb.breadboard.eq=3D.tab=09"),
             ("héllo", "bb.breadboard.h=C3=A9llo"),
+            ("héllo/*", "bb.breadboard.h=C3=A9llo.=2A"),
             ("~", "bb.breadboard.=7E"),
         ];
         for (topic, subject) in cases {
