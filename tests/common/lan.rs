@@ -249,7 +249,7 @@ impl Lan {
     /// handed back), so the test talks to the host's servers without a route from the root
     /// namespace. Panics, before `f` runs, if the thread cannot enter the namespace.
     pub fn in_host<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> T {
-        let path = PathBuf::from("/run/netns").join(self.ns(host));
+        let path = PathBuf::from("/var/run/netns").join(self.ns(host));
         std::thread::scope(|s| {
             s.spawn(|| {
                 let ns = std::fs::File::open(&path)
