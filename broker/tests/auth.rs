@@ -34,8 +34,7 @@ fn write(file: &tempfile::NamedTempFile, text: &str) {
 
 fn auth_file(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
-    file.write_all(text.as_bytes())
-        .expect("write the auth file");
+    file.write_all(text.as_bytes()).expect("write the auth file");
     file
 }
 
