@@ -8,5 +8,6 @@ mod clients;
 mod common;
 mod dashboard;
 mod lan;
+mod nats_cluster;
 mod tls;
 mod tools;

@@ -354,6 +354,61 @@ impl Router {
         result
     }
 
+    /// The retained value this broker holds on `topic`, if any.
+    pub(crate) fn retained_value(&self, topic: &str) -> Option<Arc<Retained>> {
+        self.retained
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
+    }
+
+    /// A retained value (`None`: its clearing) that the cluster's store holds, made at `at_ms`:
+    /// kept here if it is newer than what this broker holds (the newest wins), written to the
+    /// local store (the cache, and the fallback while NATS is away), never delivered live (the
+    /// live message crossed on its own) and never sent back. Returns whether it was kept.
+    pub(crate) fn retain_from_cluster(
+        &self,
+        topic: &TopicName,
+        value: Option<(Value, Option<&str>)>,
+        at_ms: u64,
+    ) -> bool {
+        // Held as a publish holds it, so that a subscribe's replay sees the value or not, whole.
+        let _index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = retained.get(topic.as_str()).map(|r| r.updated_ms());
+        if current.is_some_and(|ms| ms >= at_ms) {
+            return false;
+        }
+        let kept = match value {
+            None if current.is_none() => return false,
+            None => {
+                retained.remove(topic.as_str());
+                Kept::Cleared
+            }
+            Some((data, from)) => {
+                let json = if self.is_durable() {
+                    serde_json::to_vec(&data).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let value = Arc::new(if self.is_durable() {
+                    Retained::encoded(topic.clone(), data, &json, from, at_ms)
+                } else {
+                    Retained::new(topic.clone(), data, from, at_ms)
+                });
+                if retained.insert(value.clone()).is_err() {
+                    return false;
+                }
+                Kept::Set(value, json)
+            }
+        };
+        self.metrics.retained.store(retained.len() as u64, Relaxed);
+        drop(retained);
+        self.persist(topic.as_str(), kept, None);
+        true
+    }
+
     /// Subscribes `outbox` to `filter` and queues the matching retained values (flagged
     /// `retained`). Returns false if the client already had this filter (the replay still
     /// happens, as a fresh subscription would get it).

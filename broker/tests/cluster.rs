@@ -15,10 +15,11 @@ use serde_json::{json, Value};
 
 use crate::harness::{publish, sub, unsub, Broker, Client, WAIT};
 
-/// A `nats-server` on 127.0.0.1, stopped on drop.
+/// A `nats-server` on 127.0.0.1 with JetStream, stopped on drop.
 struct Nats {
     child: Child,
     port: u16,
+    _store: tempfile::TempDir,
 }
 
 impl Nats {
@@ -29,8 +30,10 @@ impl Nats {
         } else {
             port.to_string()
         };
+        let store = tempfile::tempdir().expect("a JetStream directory");
         let spawned = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(store.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -63,7 +66,11 @@ impl Nats {
             .ok()
             .flatten()
             .expect("nats-server says where it listens");
-        Some(Nats { child, port })
+        Some(Nats {
+            child,
+            port,
+            _store: store,
+        })
     }
 
     fn url(&self) -> String {
@@ -254,4 +261,77 @@ async fn a_broker_serves_alone_while_nats_is_down_and_joins_when_it_comes() {
     }
     let took = until_crossing(&mut local_pub, &mut on_b, "x/2").await;
     eprintln!("messages cross {took:?} after the broker saw NATS");
+}
+
+/// Waits until `client`, subscribing to `filter`, is replayed a retained value with `data`.
+async fn until_replayed(broker: &Broker, filter: &str, data: Value) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let mut c = Client::json(&broker.url()).await;
+        c.send(json!({"op": "sub", "topic": filter, "id": 1})).await;
+        loop {
+            let got = c.recv().await;
+            if got["op"] == "ok" {
+                break;
+            }
+            if got["retained"] == true && got["data"] == data {
+                return started.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{filter} was never replayed {data} on {}", broker.url());
+}
+
+#[tokio::test]
+async fn a_value_retained_on_one_broker_is_replayed_on_another_and_cleared_everywhere() {
+    let Some(nats) = Nats::start(0, "retained_crosses") else {
+        return;
+    };
+    let (a, b) = (member(&nats.url(), "a"), member(&nats.url(), "b"));
+    let mut publisher = Client::json(&a.url()).await;
+    publisher
+        .call(json!({"op": "pub", "topic": "pin/p1/state", "data": 1, "retain": true, "id": 1}))
+        .await;
+    let took = until_replayed(&b, "pin/+/state", json!(1)).await;
+    eprintln!("a retained value reached the other broker's replays in {took:?}");
+    // Newer values replace it everywhere; a clearing clears it everywhere.
+    publish_retained(&mut publisher, "pin/p1/state", json!(0), 2).await;
+    until_replayed(&b, "pin/+/state", json!(0)).await;
+    publish_retained(&mut publisher, "pin/p1/state", json!(null), 3).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Client::json(&b.url()).await;
+        let got = c.call(json!({"op": "sub", "topic": "pin/+/state", "id": 1})).await;
+        if got == json!({"op": "ok", "id": 1}) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never cleared on b: {got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn publish_retained(c: &mut Client, topic: &str, data: Value, id: u64) {
+    let got = c
+        .call(json!({"op": "pub", "topic": topic, "data": data, "retain": true, "id": id}))
+        .await;
+    assert_eq!(got, json!({"op": "ok", "id": id}));
+}
+
+#[tokio::test]
+async fn values_retained_while_nats_was_away_reach_the_cluster_when_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = member(&url, "a");
+    let mut publisher = Client::json(&a.url()).await;
+    publish_retained(&mut publisher, "notes/offline", json!("kept"), 1).await;
+    let Some(_nats) = Nats::start(port, "retained_reconciled") else {
+        return;
+    };
+    let b = member(&url, "b");
+    let took = until_replayed(&b, "notes/#", json!("kept")).await;
+    eprintln!("a value retained while NATS was away reached the other broker {took:?} after");
 }

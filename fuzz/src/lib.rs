@@ -9,6 +9,9 @@
 //!   decodes to the same frame, in both encodings.
 //! - [`topic`]: topic names and filters, and matching: the broker's trie delivers to exactly the
 //!   subscribers the reference rule (`TopicFilter::matches`) selects, also after removals.
+//! - [`subject`]: topics and filters as NATS subjects (`proto::subject`): a topic's subject
+//!   decodes back to it, a subject that decodes encodes back to itself, and a filter's subjects
+//!   match (by NATS's rule) the subjects of exactly the topics the filter matches, each once.
 //! - [`auth_file`]: the auth file (TOML): rules or an error, and rules that mean what they say.
 //! - [`http_head`]: the HTTP request head; whatever part of a head has arrived, the answer is
 //!   the one the whole head gives (the listener parses the buffer again as bytes come in).
@@ -27,7 +30,10 @@ use std::sync::Arc;
 
 use broker::head::Head;
 use broker::trie::{Subscriber, Trie};
-use proto::{ClientFrame, Data, Encoding, Message, Publish, ServerFrame, TopicFilter, TopicName};
+use proto::{
+    ClientFrame, Data, Encoding, Message, Publish, ServerFrame, SubjectSpace, TopicFilter,
+    TopicName,
+};
 
 /// Client-frame decoding of `bytes` in `enc`.
 pub fn client_frame(bytes: &[u8], enc: Encoding) {
@@ -164,7 +170,11 @@ pub fn topic(bytes: &[u8]) {
     for (_, a) in filters.iter().take(12) {
         for (_, b) in filters.iter().take(12) {
             assert!(a.covers(a), "{a} covers itself");
-            assert_eq!(a.overlaps(b), b.overlaps(a), "overlap of {a} and {b} is symmetric");
+            assert_eq!(
+                a.overlaps(b),
+                b.overlaps(a),
+                "overlap of {a} and {b} is symmetric"
+            );
             for name in &names {
                 if a.covers(b) && b.matches(name) {
                     assert!(a.matches(name), "{a} covers {b} but misses {name}");
@@ -210,6 +220,79 @@ pub fn topic(bytes: &[u8]) {
     agree(&trie, &[], &names);
 }
 
+/// Lines of `bytes`, each tried as a subject (as it is and under both roots of the default
+/// cluster), a topic name and a filter; the filters then matched against the names.
+pub fn subject(bytes: &[u8]) {
+    let space = SubjectSpace::default();
+    let text = String::from_utf8_lossy(bytes);
+    let mut names = Vec::new();
+    let mut filters = Vec::new();
+    for line in text.split('\n') {
+        for subject in [
+            line.to_string(),
+            format!("{}.{line}", space.root()),
+            format!("{}.{line}", space.system_root()),
+        ] {
+            if let Ok(topic) = space.topic(&subject) {
+                assert_eq!(
+                    space.subject(&topic),
+                    subject,
+                    "{subject:?} is not canonical"
+                );
+            }
+        }
+        if let Ok(name) = TopicName::system(line) {
+            let subject = space.subject(&name);
+            assert!(
+                subject.bytes().all(|b| b.is_ascii_graphic()),
+                "{name:?}: {subject:?}"
+            );
+            assert!(
+                subject
+                    .split('.')
+                    .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.starts_with('$')),
+                "{name:?}: {subject:?} has a token NATS reads otherwise"
+            );
+            assert_eq!(space.topic(&subject).as_ref(), Ok(&name), "{subject:?}");
+            names.push((name, subject));
+        }
+        if let Ok(filter) = TopicFilter::new(line) {
+            let subjects = space.filter_subjects(&filter);
+            assert!((1..=2).contains(&subjects.len()), "{filter}: {subjects}");
+            filters.push((filter, subjects));
+        }
+    }
+    for (filter, subjects) in filters.iter().take(16) {
+        for (name, subject) in &names {
+            let copies = subjects.iter().filter(|p| nats_matches(p, subject)).count();
+            assert!(
+                copies <= 1,
+                "{name} reaches {filter} twice through {subjects}"
+            );
+            assert_eq!(
+                copies == 1,
+                filter.matches(name),
+                "{filter} ({subjects}) and {name} ({subject})"
+            );
+        }
+    }
+}
+
+/// NATS's matching rule: `*` is any one token, `>` (last) one or more.
+fn nats_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// An auth file: any text is rules or a clear error, never a panic; rules read from it use no
 /// `%u` any more, and allow nothing to a user beyond its own publish filters.
 pub fn auth_file(bytes: &[u8]) {
@@ -227,7 +310,12 @@ pub fn auth_file(bytes: &[u8]) {
         for f in &p.publish.allow {
             if let Ok(name) = TopicName::system(f.as_str()) {
                 let denied = p.publish.deny.iter().any(|d| d.matches(&name));
-                assert_eq!(p.publish.allows_topic(&name), !denied, "{f} for {}", user.name);
+                assert_eq!(
+                    p.publish.allows_topic(&name),
+                    !denied,
+                    "{f} for {}",
+                    user.name
+                );
             }
         }
     }
@@ -301,7 +389,10 @@ pub fn http_head(bytes: &[u8]) {
     // What the listener asks of a head never fails, whatever the headers hold.
     let token = head.token();
     if let (Some(value), Some(token)) = (&head.authorization, &token) {
-        assert!(value.contains(token.as_str()), "a token not from its header");
+        assert!(
+            value.contains(token.as_str()),
+            "a token not from its header"
+        );
     }
     let _ = head.origin_allowed(false, &[]);
     let _ = head.origin_allowed(true, &["*".to_string()]);

@@ -7,6 +7,8 @@
 //!   object per frame tagged by `op`, borrowing from the bytes they were decoded from.
 //! - [`data`]: [`Data`], a published value as the frame carried it (the publisher's JSON text or
 //!   MessagePack bytes, passed on as they are) or as a `Value`.
+//! - [`subject`]: [`SubjectSpace`], the reversible mapping between topics or filters and the
+//!   NATS subjects a cluster of brokers carries them on (`pin/+/state` ⇄ `bb.breadboard.pin.*.state`).
 //! - [`name`]: the rule for `hello` names and kinds ([`check_name`], [`NameError`]).
 //! - [`error`]: [`ErrorCode`] names every refusal a client can get ([`FrameError`]);
 //!   [`DecodeError`] is what a client gets for a server frame it cannot read.
@@ -30,6 +32,7 @@ pub mod encoding;
 pub mod error;
 pub mod frame;
 pub mod name;
+pub mod subject;
 pub mod topic;
 
 pub use codec::Encoded;
@@ -38,6 +41,7 @@ pub use encoding::Encoding;
 pub use error::{DecodeError, ErrorCode, FrameError};
 pub use frame::{ClientFrame, Message, Publish, ServerFrame};
 pub use name::{check_name, NameError, MAX_NAME_BYTES};
+pub use subject::{FilterSubjects, SubjectError, SubjectSpace};
 pub use topic::{Levels, TopicError, TopicFilter, TopicName};
 
 /// Version of the wire protocol described in `PROTOCOL.md`. Advertised over DNS-SD so that a

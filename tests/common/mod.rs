@@ -224,3 +224,6 @@ impl Broker {
         client::metric(self.addr, name).await
     }
 }
+
+pub mod lan;
+pub mod nats;

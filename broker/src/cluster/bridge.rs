@@ -281,9 +281,9 @@ impl Bridge {
             .as_ref()
             .and_then(|r| self.link.subjects().to_topic(r.as_str()).ok());
         let from = header(FROM);
+        // Live only: what it retains reaches this broker through the cluster's bucket.
         let mut p = Publish::new(topic, data);
         p.reply = reply.map(Into::into);
-        p.retain = header(RETAIN).as_deref() == Some("1");
         metrics.cluster_in.fetch_add(1, Relaxed);
         let _ = self.router.publish_remote(&p, from.as_deref());
     }

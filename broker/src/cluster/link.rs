@@ -11,6 +11,7 @@ use bytes::Bytes;
 use proto::{Publish, TopicFilter};
 use tokio::sync::{mpsc, Notify};
 
+use super::retained::Pending;
 use super::subjects::Subjects;
 use crate::metrics::Metrics;
 
@@ -40,6 +41,8 @@ pub(crate) struct Link {
     interest: Mutex<HashMap<TopicFilter, usize>>,
     /// Woken when `interest` changes.
     pub(super) interest_changed: Notify,
+    /// Topics retained here, to be written to the cluster's bucket.
+    pub(super) retained: Arc<Pending>,
     metrics: Arc<Metrics>,
 }
 
@@ -52,6 +55,7 @@ impl Link {
             seq: AtomicU64::new(1),
             interest: Mutex::new(HashMap::new()),
             interest_changed: Notify::new(),
+            retained: Arc::new(Pending::default()),
             metrics,
         };
         (link, outgoing_rx)
@@ -66,6 +70,9 @@ impl Link {
     pub(crate) fn published(&self, p: &Publish<'_>, from: Option<&str>) {
         if p.topic.as_str().starts_with("$SYS/broker") {
             return;
+        }
+        if p.retain {
+            self.retained.add(&p.topic);
         }
         let out = Outgoing {
             subject: self.subjects.topic(&p.topic),

@@ -19,11 +19,13 @@
 //! - `subjects`: topics and filters as NATS subjects under the cluster's prefix;
 //! - `link`: what the router calls (publishes out, interest counts), never waiting;
 //! - `bridge`: the task that owns the NATS connection;
-//! - `dedupe`: messages already delivered, when subscriptions overlap.
+//! - `dedupe`: messages already delivered, when subscriptions overlap;
+//! - `retained`: retained values in a JetStream key-value bucket, the local store as its cache.
 
 mod bridge;
 mod dedupe;
 mod link;
+mod retained;
 pub mod subjects;
 
 use std::path::PathBuf;
@@ -78,6 +80,13 @@ pub(crate) async fn join(
     let client = bridge::connect(config, broker_name, router.metrics.clone()).await?;
     router.attach(link.clone());
     tracing::info!(cluster = %config.name, servers = ?config.urls, prefix = link.subjects().prefix(), "joining the cluster");
+    tracker.spawn(retained::run(
+        client.clone(),
+        config.name.clone(),
+        router.clone(),
+        link.retained.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(bridge::run(
         client,
         link,
