@@ -302,7 +302,9 @@ async fn a_value_retained_on_one_broker_is_replayed_on_another_and_cleared_every
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut c = Client::json(&b.url()).await;
-        let got = c.call(json!({"op": "sub", "topic": "pin/+/state", "id": 1})).await;
+        let got = c
+            .call(json!({"op": "sub", "topic": "pin/+/state", "id": 1}))
+            .await;
         if got == json!({"op": "ok", "id": 1}) {
             break;
         }

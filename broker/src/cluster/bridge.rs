@@ -15,9 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::dedupe::{parse_id, Dedupe};
+use super::dedupe::{parse_id, patterns_overlap, Dedupe};
 use super::link::{Link, Outgoing};
-use super::subjects::patterns_overlap;
 use super::{ClusterConfig, ClusterError};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -223,7 +222,12 @@ impl Bridge {
                 continue;
             }
             let cancel = CancellationToken::new();
-            let subjects = self.link.subjects().filter(&filter);
+            let subjects: Vec<String> = self
+                .link
+                .subjects()
+                .filter_subjects(&filter)
+                .into_iter()
+                .collect();
             tracker.spawn(subscription(
                 self.client.clone(),
                 subjects,
@@ -235,7 +239,7 @@ impl Bridge {
         let patterns: Vec<String> = self
             .subscriptions
             .keys()
-            .flat_map(|f| self.link.subjects().filter(f))
+            .flat_map(|f| self.link.subjects().filter_subjects(f))
             .collect();
         self.overlap = patterns.len() > OVERLAP_CHECK_MAX
             || patterns
@@ -255,7 +259,7 @@ impl Bridge {
     /// Delivers a message from another broker to the local subscribers.
     fn deliver(&mut self, msg: &async_nats::Message) {
         let metrics = &self.router.metrics;
-        let Ok(topic) = self.link.subjects().to_topic(msg.subject.as_str()) else {
+        let Ok(topic) = self.link.subjects().topic(msg.subject.as_str()) else {
             metrics.cluster_invalid.fetch_add(1, Relaxed);
             return;
         };
@@ -279,7 +283,7 @@ impl Bridge {
         let reply = msg
             .reply
             .as_ref()
-            .and_then(|r| self.link.subjects().to_topic(r.as_str()).ok());
+            .and_then(|r| self.link.subjects().topic(r.as_str()).ok());
         let from = header(FROM);
         // Live only: what it retains reaches this broker through the cluster's bucket.
         let mut p = Publish::new(topic, data);

@@ -46,6 +46,19 @@ impl Dedupe {
     }
 }
 
+/// Whether some subject matches both NATS patterns (`*` one token, `>` one or more, last).
+pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) | (None, None) => return true,
+            (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Reads a `bb-id` header: `<origin as 16 hex digits>:<sequence>`.
 pub(super) fn parse_id(text: &str) -> Option<MessageId> {
     let (origin, seq) = text.split_once(':')?;
@@ -64,6 +77,15 @@ mod tests {
         assert!(!d.first((1, 1), t0));
         assert!(d.first((2, 1), t0), "another origin");
         assert!(d.first((1, 1), t0 + WINDOW + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn patterns_overlap_by_nats_rules() {
+        assert!(patterns_overlap("bb.x.>", "bb.x.a.>"));
+        assert!(patterns_overlap("bb.x.a.*", "bb.x.*.b"));
+        assert!(!patterns_overlap("bb.x.a", "bb.x.a.>"));
+        assert!(!patterns_overlap("bb.x.a.*", "bb.x.b.*"));
+        assert!(!patterns_overlap("bb.x.>", "bb.x$.SYS.>"));
     }
 
     #[test]

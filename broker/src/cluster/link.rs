@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use proto::{Publish, TopicFilter};
+use proto::{Publish, SubjectSpace, TopicFilter};
 use tokio::sync::{mpsc, Notify};
 
 use super::retained::Pending;
-use super::subjects::Subjects;
 use crate::metrics::Metrics;
 
 /// Messages queued for NATS before new ones are dropped (and counted).
@@ -34,7 +33,7 @@ pub(crate) struct Outgoing {
 /// The router's end of the bridge.
 #[derive(Debug)]
 pub(crate) struct Link {
-    subjects: Subjects,
+    subjects: SubjectSpace,
     outgoing_tx: mpsc::Sender<Outgoing>,
     seq: AtomicU64,
     /// Local subscriptions per filter: NATS holds a subscription for each filter here.
@@ -47,10 +46,13 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(super) fn new(cluster: &str, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Outgoing>) {
+    pub(super) fn new(
+        subjects: SubjectSpace,
+        metrics: Arc<Metrics>,
+    ) -> (Self, mpsc::Receiver<Outgoing>) {
         let (outgoing_tx, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
         let link = Self {
-            subjects: Subjects::new(cluster),
+            subjects,
             outgoing_tx,
             seq: AtomicU64::new(1),
             interest: Mutex::new(HashMap::new()),
@@ -61,7 +63,7 @@ impl Link {
         (link, outgoing_rx)
     }
 
-    pub(super) fn subjects(&self) -> &Subjects {
+    pub(super) fn subjects(&self) -> &SubjectSpace {
         &self.subjects
     }
 
@@ -75,8 +77,8 @@ impl Link {
             self.retained.add(&p.topic);
         }
         let out = Outgoing {
-            subject: self.subjects.topic(&p.topic),
-            reply: p.reply.as_ref().map(|r| self.subjects.topic(r)),
+            subject: self.subjects.subject(&p.topic),
+            reply: p.reply.as_ref().map(|r| self.subjects.subject(r)),
             payload: Bytes::from(p.data.to_json().into_owned()),
             from: from.map(str::to_string),
             retain: p.retain,
@@ -136,7 +138,7 @@ mod tests {
 
     #[test]
     fn interest_counts_per_filter_and_notifies_on_first_and_last() {
-        let (link, _rx) = Link::new("c", Arc::new(Metrics::default()));
+        let (link, _rx) = Link::new(SubjectSpace::default(), Arc::new(Metrics::default()));
         let f = TopicFilter::new("a/#").unwrap();
         link.interest(&f, true);
         link.interest(&f, true);
@@ -151,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (link, _rx) = Link::new("c", Arc::new(Metrics::default()));
+        let (link, _rx) = Link::new(SubjectSpace::default(), Arc::new(Metrics::default()));
         let topic = proto::TopicName::new("a").unwrap();
         for _ in 0..OUTGOING_QUEUE + 3 {
             link.published(&Publish::new(topic.clone(), serde_json::json!(1)), None);

@@ -16,7 +16,8 @@
 //! arriving through two overlapping subscriptions is delivered once.
 //!
 //! Parts:
-//! - `subjects`: topics and filters as NATS subjects under the cluster's prefix;
+//! Topics travel as NATS subjects by `proto::SubjectSpace` (PROTOCOL.md, "NATS subjects").
+//!
 //! - `link`: what the router calls (publishes out, interest counts), never waiting;
 //! - `bridge`: the task that owns the NATS connection;
 //! - `dedupe`: messages already delivered, when subscriptions overlap;
@@ -26,7 +27,6 @@ mod bridge;
 mod dedupe;
 mod link;
 mod retained;
-pub mod subjects;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,11 +75,13 @@ pub(crate) async fn join(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<(), ClusterError> {
-    let (link, outgoing_rx) = Link::new(&config.name, router.metrics.clone());
+    let subjects = proto::SubjectSpace::new(&config.name)
+        .map_err(|e| ClusterError::Options(format!("--cluster-name {:?}: {e}", config.name)))?;
+    let (link, outgoing_rx) = Link::new(subjects, router.metrics.clone());
     let link = Arc::new(link);
     let client = bridge::connect(config, broker_name, router.metrics.clone()).await?;
     router.attach(link.clone());
-    tracing::info!(cluster = %config.name, servers = ?config.urls, prefix = link.subjects().prefix(), "joining the cluster");
+    tracing::info!(cluster = %config.name, servers = ?config.urls, root = link.subjects().root(), "joining the cluster");
     tracker.spawn(retained::run(
         client.clone(),
         config.name.clone(),

@@ -250,10 +250,15 @@ fn apply(router: &Router, entry: &async_nats::jetstream::kv::Entry) {
                 tracing::debug!(key = %entry.key, "cluster: a retained record that is not ours skipped");
                 return;
             };
-            router.retain_from_cluster(&topic, Some((record.data, record.from.as_deref())), record.ts);
+            router.retain_from_cluster(
+                &topic,
+                Some((record.data, record.from.as_deref())),
+                record.ts,
+            );
         }
         Operation::Delete | Operation::Purge => {
-            let at_ms = u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let at_ms =
+                u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             router.retain_from_cluster(&topic, None, at_ms);
         }
     }
@@ -268,7 +273,8 @@ mod tests {
         for t in ["pin/p1/state", "$SYS/nodes/a.b", "a b/é/=/~"] {
             let k = key(t);
             assert!(
-                k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-/=".contains(&b)),
+                k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-/=".contains(&b)),
                 "{k}"
             );
             assert_eq!(topic_of(&k).unwrap().as_str(), t);
