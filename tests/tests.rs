@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod circuit;
 mod clients;
+mod cluster;
 mod common;
 mod dashboard;
 mod lan;
