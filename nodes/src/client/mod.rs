@@ -201,7 +201,7 @@ impl Client {
             }
         };
         let (ws, _response) = timeout(options.connect_timeout, async {
-            let stream = Stream::connect(&target, tls).await?;
+            let stream = stream::connect(&target, tls).await?;
             tokio_tungstenite::client_async_with_config(request, stream, None)
                 .await
                 .map_err(|e| upgrade_error(url, e))

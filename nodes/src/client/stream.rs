@@ -7,16 +7,14 @@
 //! the TCP connection, the certificate (a pin that does not match), the upgrade.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use super::tls::{format_fingerprint, Mismatch};
 use crate::error::{Error, Result};
@@ -128,78 +126,69 @@ impl std::fmt::Display for BrokerUrl {
     }
 }
 
-/// A connection to a broker, under the WebSocket: plain TCP, or TLS over TCP.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Stream {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://`.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A connection to a broker, under the WebSocket: plain TCP for `ws://` (`Left`), TLS over
+/// TCP for `wss://` (`Right`). tokio-util's `Either` reads and writes through whichever it holds.
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-impl Stream {
-    /// Connects to `url` (no WebSocket handshake yet): TCP, then for `wss://` TLS with `tls`
-    /// (see [`TlsTrust::client_config`](super::TlsTrust::client_config)). Nagle is off: frames
-    /// are written in batches already, and a reply should not wait for an ACK.
-    ///
-    /// # Errors
-    /// [`Error::Connect`] when the TCP connection fails; for `wss://`,
-    /// [`Error::FingerprintMismatch`] when the broker shows another certificate than the pinned
-    /// one, [`Error::Tls`] for any other failed handshake (an untrusted certificate, a name that
-    /// does not match, a port that does not speak TLS), [`Error::NotTls`] when a `ws://` URL
-    /// comes with a trust of its own (`tls` is `Some`) or a `wss://` one without.
-    pub async fn connect(url: &BrokerUrl, tls: Option<Arc<ClientConfig>>) -> Result<Stream> {
-        let tcp = TcpStream::connect((url.host(), url.port()))
-            .await
-            .map_err(|e| Error::Connect {
-                url: url.to_string(),
-                source: Box::new(tokio_tungstenite::tungstenite::Error::Io(e)),
-            })?;
-        Self::over(tcp, url, tls).await
-    }
-
-    /// As [`Stream::connect`], over a TCP connection already made to `url`'s broker (by a
-    /// caller that resolved its address once, say).
-    ///
-    /// # Errors
-    /// As [`Stream::connect`], but for the TCP connection.
-    pub async fn over(
-        tcp: TcpStream,
-        url: &BrokerUrl,
-        tls: Option<Arc<ClientConfig>>,
-    ) -> Result<Stream> {
-        tcp.set_nodelay(true).map_err(|e| Error::Connect {
+/// Connects to `url` (no WebSocket handshake yet): TCP, then for `wss://` TLS with `tls`
+/// (see [`TlsTrust::client_config`](super::TlsTrust::client_config)). Nagle is off: frames
+/// are written in batches already, and a reply should not wait for an ACK.
+///
+/// # Errors
+/// [`Error::Connect`] when the TCP connection fails; for `wss://`,
+/// [`Error::FingerprintMismatch`] when the broker shows another certificate than the pinned
+/// one, [`Error::Tls`] for any other failed handshake (an untrusted certificate, a name that
+/// does not match, a port that does not speak TLS), [`Error::NotTls`] when a `ws://` URL
+/// comes with a trust of its own (`tls` is `Some`) or a `wss://` one without.
+pub async fn connect(url: &BrokerUrl, tls: Option<Arc<ClientConfig>>) -> Result<Stream> {
+    let tcp = TcpStream::connect((url.host(), url.port()))
+        .await
+        .map_err(|e| Error::Connect {
             url: url.to_string(),
             source: Box::new(tokio_tungstenite::tungstenite::Error::Io(e)),
         })?;
-        match (url.is_tls(), tls) {
-            (false, None) => Ok(Stream::Plain(tcp)),
-            (true, Some(config)) => {
-                let name =
-                    ServerName::try_from(url.host().to_string()).map_err(|e| Error::BadUrl {
-                        url: url.to_string(),
-                        reason: format!("not a host name for TLS: {e}"),
-                    })?;
-                let tls = TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| handshake_error(url, e))?;
-                Ok(Stream::Tls(Box::new(tls)))
-            }
-            (tls, _) => Err(Error::NotTls {
-                url: url.to_string(),
-                tls,
-            }),
-        }
-    }
+    over(tcp, url, tls).await
+}
 
-    /// The TCP connection under it.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
+/// As [`connect`], over a TCP connection already made to `url`'s broker (by a caller that
+/// resolved its address once, say).
+///
+/// # Errors
+/// As [`connect`], but for the TCP connection.
+pub async fn over(
+    tcp: TcpStream,
+    url: &BrokerUrl,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<Stream> {
+    tcp.set_nodelay(true).map_err(|e| Error::Connect {
+        url: url.to_string(),
+        source: Box::new(tokio_tungstenite::tungstenite::Error::Io(e)),
+    })?;
+    match (url.is_tls(), tls) {
+        (false, None) => Ok(Either::Left(tcp)),
+        (true, Some(config)) => {
+            let name = ServerName::try_from(url.host().to_string()).map_err(|e| Error::BadUrl {
+                url: url.to_string(),
+                reason: format!("not a host name for TLS: {e}"),
+            })?;
+            let tls = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| handshake_error(url, e))?;
+            Ok(Either::Right(Box::new(tls)))
         }
+        (tls, _) => Err(Error::NotTls {
+            url: url.to_string(),
+            tls,
+        }),
+    }
+}
+
+/// The TCP connection under a stream.
+pub fn tcp(stream: &Stream) -> &TcpStream {
+    match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
     }
 }
 
@@ -215,64 +204,6 @@ fn handshake_error(url: &BrokerUrl, error: io::Error) -> Error {
             url: url.to_string(),
             source: error,
         },
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 

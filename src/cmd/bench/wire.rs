@@ -13,16 +13,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use nodes::client::tls::ClientConfig;
 use nodes::client::Stream;
 use nodes::{BrokerUrl, TlsTrust};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Text frame opcode.
 pub const TEXT: u8 = 0x1;
@@ -267,61 +266,11 @@ impl Dial {
     }
 }
 
-/// The read half of a connection: plain TCP, or TLS.
-pub enum Reader {
-    /// `ws://`.
-    Tcp(OwnedReadHalf),
-    /// `wss://`.
-    Tls(ReadHalf<Stream>),
-}
+/// The read half of a connection: plain TCP (`Left`), or TLS (`Right`).
+pub type Reader = Either<OwnedReadHalf, ReadHalf<Stream>>;
 
-/// The write half of a connection: plain TCP, or TLS.
-pub enum Writer {
-    /// `ws://`.
-    Tcp(OwnedWriteHalf),
-    /// `wss://`.
-    Tls(WriteHalf<Stream>),
-}
-
-impl AsyncRead for Reader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Reader::Tcp(r) => Pin::new(r).poll_read(cx, buf),
-            Reader::Tls(r) => Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Writer {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Writer::Tcp(w) => Pin::new(w).poll_write(cx, buf),
-            Writer::Tls(w) => Pin::new(w).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Writer::Tcp(w) => Pin::new(w).poll_flush(cx),
-            Writer::Tls(w) => Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Writer::Tcp(w) => Pin::new(w).poll_shutdown(cx),
-            Writer::Tls(w) => Pin::new(w).poll_shutdown(cx),
-        }
-    }
-}
+/// The write half of a connection: plain TCP (`Left`), or TLS (`Right`).
+pub type Writer = Either<OwnedWriteHalf, WriteHalf<Stream>>;
 
 /// A WebSocket connection made by [`connect`], split for reading and writing.
 pub struct Conn {
@@ -340,7 +289,7 @@ impl Conn {
     /// A TLS connection (its records need the async TLS stream), or the socket could not be
     /// made blocking.
     pub fn into_blocking(self) -> io::Result<std::net::TcpStream> {
-        let (Reader::Tcp(reader), Writer::Tcp(writer)) = (self.reader.into_inner(), self.writer)
+        let (Either::Left(reader), Either::Left(writer)) = (self.reader.into_inner(), self.writer)
         else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -378,19 +327,19 @@ pub async fn connect(dial: &Dial, path: &str) -> io::Result<Conn> {
             let rest = handshake(&mut tcp, &request).await?;
             let (read, writer) = tcp.into_split();
             Ok(Conn {
-                reader: FrameReader::new(Reader::Tcp(read), &rest),
-                writer: Writer::Tcp(writer),
+                reader: FrameReader::new(Either::Left(read), &rest),
+                writer: Either::Left(writer),
             })
         }
         Some((url, config)) => {
-            let mut tls = Stream::over(tcp, url, Some(Arc::clone(config)))
+            let mut tls = nodes::client::stream::over(tcp, url, Some(Arc::clone(config)))
                 .await
                 .map_err(io::Error::other)?;
             let rest = handshake(&mut tls, &request).await?;
             let (read, writer) = tokio::io::split(tls);
             Ok(Conn {
-                reader: FrameReader::new(Reader::Tls(read), &rest),
-                writer: Writer::Tls(writer),
+                reader: FrameReader::new(Either::Right(read), &rest),
+                writer: Either::Right(writer),
             })
         }
     }

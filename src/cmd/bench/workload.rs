@@ -505,7 +505,7 @@ impl Publisher {
         stop: CancellationToken,
         publishers: &mut Publishers,
     ) -> io::Result<()> {
-        if let wire::Writer::Tls(_) = conn.writer {
+        if let tokio_util::either::Either::Right(_) = conn.writer {
             tokio::spawn(drain(conn.reader));
             publishers.spawn(async move {
                 let index = self.index;
