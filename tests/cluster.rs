@@ -90,7 +90,8 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         started.elapsed()
     );
 
-    // The pin's retained state, kept through b1, is replayed to a subscriber of b3.
+    // The pin's state, published through b1, reaches a subscriber of b3 (live or replayed: the
+    // replay from the cluster's bucket is checked on its own in broker/tests/cluster.rs).
     let sub = lan.run(
         "b3",
         &[
