@@ -3,7 +3,7 @@
 //! costs a lookup rather than a scan of the rules (as `RouteCache` does for routes).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use proto::{TopicFilter, TopicName};
 use tokio_util::sync::CancellationToken;
@@ -40,12 +40,21 @@ pub(crate) enum Refreshed {
 impl Access {
     /// Everything allowed: a broker without an auth file.
     pub(crate) fn open() -> Self {
+        // Never consulted without an auth file (every check answers yes first), so shared by
+        // every connection rather than built for each: an idle connection stays small.
+        static OPEN: LazyLock<(Arc<Rules>, Arc<Permissions>, CancellationToken)> =
+            LazyLock::new(|| {
+                let everything = Arc::new(Permissions::everything());
+                let rules = Arc::new(Rules::new(Vec::new(), Permissions::everything()));
+                (rules, everything, CancellationToken::new())
+            });
+        let (rules, permissions, replaced) = &*OPEN;
         Self {
             auth: None,
             user: None,
-            rules: Arc::new(Rules::new(Vec::new(), Permissions::everything())),
-            permissions: Arc::new(Permissions::everything()),
-            replaced: CancellationToken::new(),
+            rules: rules.clone(),
+            permissions: permissions.clone(),
+            replaced: replaced.clone(),
             verdicts: HashMap::default(),
         }
     }
