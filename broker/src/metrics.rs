@@ -198,7 +198,7 @@ impl Metrics {
             (
                 "cluster_dropped_total",
                 "counter",
-                "Messages not sent to the cluster",
+                "Messages not sent to the cluster (NATS away or refusing)",
                 g(&self.cluster_dropped),
             ),
             (

@@ -245,6 +245,10 @@ async fn a_broker_serves_alone_while_nats_is_down_and_joins_when_it_comes() {
     let got: Value = local_sub.recv().await;
     assert_eq!(got["data"], 1, "local clients are served without NATS");
     assert_eq!(a.metric("breadboard_cluster_connected").await, 0.0);
+    assert!(
+        a.metric("breadboard_cluster_dropped_total").await >= 1.0,
+        "a message published while NATS is away is counted as not crossing"
+    );
 
     let Some(_nats) = Nats::start(port, "a_broker_joins_when_nats_comes") else {
         return;

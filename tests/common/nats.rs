@@ -436,16 +436,28 @@ impl NatsClient {
     /// Publishes `payload` on `subject` with a reply inbox and waits for the one reply (the
     /// JetStream API answers this way).
     pub fn request(&mut self, subject: &str, payload: &[u8], wait: Duration) -> NatsMsg {
+        self.try_request(subject, payload, wait)
+            .unwrap_or_else(|| panic!("no reply to {subject} within {wait:?}"))
+    }
+
+    /// Like [`request`](Self::request), but `None` when no reply comes within `wait` (a
+    /// JetStream API whose leader was just lost stays silent until another is elected).
+    pub fn try_request(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        wait: Duration,
+    ) -> Option<NatsMsg> {
         let inbox = format!("_INBOX.bbtest.{}", self.next_sid);
         let sid = self.subscribe(&inbox);
         self.publish_to(subject, Some(&inbox), payload);
         let deadline = Instant::now() + wait;
         let reply = loop {
             match self.next_op(deadline) {
-                Some(ServerOp::Msg(msg)) if msg.sid == sid => break msg,
+                Some(ServerOp::Msg(msg)) if msg.sid == sid => break Some(msg),
                 Some(ServerOp::Msg(msg)) => self.queued.push_back(msg),
                 Some(ServerOp::Pong) => {}
-                None => panic!("no reply to {subject} within {wait:?}"),
+                None => break None,
             }
         };
         self.send(format!("UNSUB {sid}\r\n").as_bytes());

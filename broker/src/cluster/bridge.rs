@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, ServerAddr};
 use futures_util::StreamExt;
 use proto::{Publish, TopicFilter};
@@ -174,6 +175,19 @@ struct Bridge {
 
 impl Bridge {
     async fn publish(&mut self, out: Outgoing) {
+        // While NATS is away the client would buffer and send it all after reconnecting: other
+        // brokers would get messages minutes late and out of step with the values retained
+        // meanwhile. A partition drops instead, like a NATS publisher that is cut off; values
+        // retained meanwhile are written back by the retained task when NATS returns.
+        if self.client.connection_state() != State::Connected {
+            if let Some(n) = self.count_dropped() {
+                tracing::warn!(
+                    dropped = n,
+                    "cluster: NATS is not connected, messages stay local"
+                );
+            }
+            return;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(ID, format!("{:016x}:{}", self.origin, out.seq));
         if let Some(from) = out.from {
@@ -199,12 +213,18 @@ impl Bridge {
                 self.router.metrics.cluster_out.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                let n = self.router.metrics.cluster_dropped.fetch_add(1, Relaxed) + 1;
-                if n.is_power_of_two() {
+                if let Some(n) = self.count_dropped() {
                     tracing::warn!(error = %e, dropped = n, "cluster: publish to NATS failed");
                 }
             }
         }
+    }
+
+    /// Counts a message that did not reach NATS. Returns the count when it is worth a warning:
+    /// the 1st, 2nd, 4th, 8th, ... so a long outage does not flood the log.
+    fn count_dropped(&self) -> Option<u64> {
+        let n = self.router.metrics.cluster_dropped.fetch_add(1, Relaxed) + 1;
+        n.is_power_of_two().then_some(n)
     }
 
     /// Subscribes in NATS to the filters local clients hold now, and drops the others.
