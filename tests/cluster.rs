@@ -46,7 +46,7 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
     let lan = Lan::flat(test, &hosts).expect("a LAN (checked above)");
     let mut nats = NatsCluster::start(&lan, &["n1", "n2", "n3"]);
     let urls = nats.urls();
-    let brokers: Vec<Proc> = ["b1", "b2", "b3"]
+    let mut brokers: Vec<Proc> = ["b1", "b2", "b3"]
         .iter()
         .map(|host| {
             let broker = lan.start(
@@ -113,6 +113,28 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         "a retained state across brokers: {sub:?}"
     );
 
+    // Broker b1 killed with SIGKILL: its client turns offline on the other brokers within
+    // seconds (broker heartbeats), not mDNS's 120 s.
+    let watch = lan.start(
+        "b3",
+        &[
+            "sub",
+            "$SYS/nodes/pin-1",
+            "--json",
+            "--no-mdns",
+            "--broker",
+            &url("b3"),
+        ],
+    );
+    time_to(&watch, "\"online\":true", limit);
+    let crashed = Instant::now();
+    brokers[0].child.kill().expect("SIGKILL broker b1");
+    time_to(&watch, "\"online\":false", limit);
+    eprintln!(
+        "broker b1 SIGKILLed to its pin offline on b3: {:?}",
+        crashed.elapsed()
+    );
+    drop(watch);
     // One NATS server killed: the brokers carry on through the others.
     skip_lines(&clock);
     skip_lines(&buzzer);
@@ -124,5 +146,6 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         "NATS server n1 killed to circuit resumed: {:?}",
         killed.elapsed()
     );
+
     drop((clock, buzzer, pin, brokers));
 }

@@ -105,6 +105,9 @@ pub struct Router {
     /// The cluster bridge, when the broker is part of one: told of every client publish and
     /// of every filter that gains its first local subscriber or loses its last.
     cluster: OnceLock<Arc<Link>>,
+    /// This broker's name, in the presence of its clients (which broker of a cluster they are
+    /// on).
+    name: String,
 }
 
 impl Default for Router {
@@ -151,7 +154,13 @@ impl Router {
             metrics,
             store,
             cluster: OnceLock::new(),
+            name: config.name.clone(),
         }
+    }
+
+    /// The cluster bridge, when the broker is part of one.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Link>> {
+        self.cluster.get()
     }
 
     /// Joins the router to a cluster bridge (once).
@@ -477,12 +486,32 @@ impl Router {
         self.names.remove_if(name, |_, holder| *holder == id);
     }
 
-    /// Publishes the retained presence of a named client on `$SYS/nodes/<name>`.
+    /// Publishes the retained presence of a named client of this broker on
+    /// `$SYS/nodes/<name>`.
     pub fn publish_presence(&self, name: &str, kind: &str, online: bool, peer: &str) {
+        self.publish_presence_on(name, kind, online, peer, &self.name);
+    }
+
+    /// Publishes the retained presence of a named client of `broker` (of this one, or of a
+    /// broker of the cluster that died) on `$SYS/nodes/<name>`.
+    pub(crate) fn publish_presence_on(
+        &self,
+        name: &str,
+        kind: &str,
+        online: bool,
+        peer: &str,
+        broker: &str,
+    ) {
         let Ok(topic) = TopicName::system(format!("{}/nodes/{name}", proto::SYS_PREFIX)) else {
             return;
         };
-        let data = json!({ "kind": kind, "online": online, "since": unix_ms(), "addr": peer });
+        let data = json!({
+            "kind": kind,
+            "online": online,
+            "since": unix_ms(),
+            "addr": peer,
+            "broker": broker,
+        });
         self.publish_system(&topic, &data);
     }
 
@@ -511,6 +540,16 @@ impl Router {
         }
         self.metrics.retained.store(retained.len() as u64, Relaxed);
         stale.len()
+    }
+
+    /// Publishes a retained value of the broker's own on `topic` for this broker's clients
+    /// only: what each broker of a cluster says for itself (`$SYS/brokers/...`).
+    pub(crate) fn publish_system_here(&self, topic: &TopicName, data: &Value) {
+        let p = Publish {
+            retain: true,
+            ..Publish::new(topic, data)
+        };
+        let _ = self.route(&p, None, None, None, Origin::Cluster);
     }
 
     /// Publishes the broker's own retained value on `topic` (a `$SYS` one).

@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::access::Refreshed;
 use crate::auth::Access;
+use crate::cluster::Claim;
 use crate::config::Config;
 use crate::outbox::{Frame, Outbox};
 use crate::router::{RouteCache, Router};
@@ -107,16 +108,18 @@ struct Session {
     routes: RouteCache,
     /// Who the client is and what it may do.
     access: Access,
-    /// A `hello` with a token, waiting for the token to be checked (which takes time, so it is
-    /// done between frames, before the next one is read).
+    /// A `hello` waiting for its token to be checked or its name to be taken across the
+    /// cluster (which take time, so they are done between frames, before the next is read).
     pending_hello: Option<PendingHello>,
+    /// The revision the name was taken at in the cluster, to give it back.
+    cluster_claim: Option<u64>,
 }
 
-/// A `hello` whose token is still to be checked.
+/// A `hello` whose token is still to be checked, or whose name is to be taken cluster-wide.
 struct PendingHello {
     name: String,
     kind: Option<String>,
-    token: String,
+    token: Option<String>,
     id: Option<u64>,
 }
 
@@ -153,6 +156,7 @@ pub(crate) async fn serve<S>(
         routes: RouteCache::default(),
         access,
         pending_hello: None,
+        cluster_claim: None,
     };
     let ending = session.run(&mut ws, &mut writer, &shutdown).await;
     tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
@@ -558,19 +562,21 @@ impl Session {
             }
             ClientFrame::Hello {
                 name, kind, token, ..
-            } => match (token, self.access.auth()) {
-                // A token for a broker with an auth file: checked before anything else is read.
-                (Some(token), Some(_)) => {
+            } => {
+                // A token for a broker with an auth file, or a name to take across the
+                // cluster: done before anything else is read.
+                let token = token.filter(|_| self.access.auth().is_some());
+                if token.is_some() || self.router.cluster().is_some() {
                     self.pending_hello = Some(PendingHello {
                         name: name.into_owned(),
                         kind: kind.map(Cow::into_owned),
-                        token: token.into_owned(),
+                        token: token.map(Cow::into_owned),
                         id,
                     });
-                    Ok(None)
+                    return Ok(None);
                 }
-                _ => self.take_name(name.into_owned(), kind.map(Cow::into_owned), id),
-            },
+                self.take_name(name.into_owned(), kind.map(Cow::into_owned), id)
+            }
             ClientFrame::Ping { id } => Ok(id.map(|id| ServerFrame::Pong { id })),
         }
     }
@@ -582,6 +588,12 @@ impl Session {
         kind: Option<String>,
         id: Option<u64>,
     ) -> Result<Option<ServerFrame<'static>>, FrameError> {
+        self.reserve_name(&name, id)?;
+        Ok(self.announce(name, kind, id))
+    }
+
+    /// Checks a `hello` name and takes it on this broker.
+    fn reserve_name(&mut self, name: &str, id: Option<u64>) -> Result<(), FrameError> {
         if let Some((current, _)) = &self.name {
             return Err(FrameError::new(
                 id,
@@ -592,19 +604,71 @@ impl Session {
         if !self.access.may_take_name(&name) {
             return Err(forbidden(id, format!("may not take the name {name:?}")));
         }
-        if !self.router.claim_name(&name, self.id) {
+        if !self.router.claim_name(name, self.id) {
             return Err(FrameError::new(
                 id,
                 ErrorCode::NameTaken,
                 format!("a client named {name:?} is already online"),
             ));
         }
+        Ok(())
+    }
+
+    /// Names the client (its name taken): presence online, the `ok`.
+    fn announce(
+        &mut self,
+        name: String,
+        kind: Option<String>,
+        id: Option<u64>,
+    ) -> Option<ServerFrame<'static>> {
         let kind = kind.unwrap_or_else(|| "client".into());
         self.router
             .publish_presence(&name, &kind, true, &self.peer.to_string());
         tracing::info!(client = self.id, %name, %kind, peer = %self.peer, user = ?self.access.user(), "hello");
         self.name = Some((name, kind));
-        Ok(id.map(|id| ServerFrame::Ok { id }))
+        id.map(|id| ServerFrame::Ok { id })
+    }
+
+    /// Takes a `hello` name on this broker, then across the cluster; a name held on another
+    /// broker is `name_taken`. With NATS away, the broker decides alone.
+    async fn take_name_in_cluster(
+        &mut self,
+        hello: PendingHello,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<ServerFrame<'static>>, Option<Ending>> {
+        let PendingHello { name, kind, id, .. } = hello;
+        if let Err(err) = self.reserve_name(&name, id) {
+            self.reply_err(&err);
+            return Err(None);
+        }
+        let Some(link) = self.router.cluster().cloned() else {
+            return Ok(self.announce(name, kind, id));
+        };
+        let shown_kind = kind.clone().unwrap_or_else(|| "client".into());
+        let addr = self.peer.to_string();
+        let claim = tokio::select! {
+            () = shutdown => {
+                self.router.release_name(&name, self.id);
+                return Err(Some(Ending::close(CloseCode::Away, "broker shutting down")));
+            }
+            claim = link.claim(&name, &shown_kind, &addr) => claim,
+        };
+        match claim {
+            Claim::Held => {
+                self.router.release_name(&name, self.id);
+                self.reply_err(&FrameError::new(
+                    id,
+                    ErrorCode::NameTaken,
+                    format!("a client named {name:?} is online on another broker of the cluster"),
+                ));
+                Err(None)
+            }
+            Claim::Taken(revision) => {
+                self.cluster_claim = Some(revision);
+                Ok(self.announce(name, kind, id))
+            }
+            Claim::Alone => Ok(self.announce(name, kind, id)),
+        }
     }
 
     /// Checks the token of a pending `hello`, then names the client. Wrong credentials end
@@ -614,12 +678,15 @@ impl Session {
         shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Option<Ending> {
         let hello = self.pending_hello.take()?;
-        let auth = self.access.auth()?.clone();
+        let mut shutdown = shutdown;
+        let (Some(token), Some(auth)) = (hello.token.clone(), self.access.auth().cloned()) else {
+            return self.finish_name(hello, shutdown).await;
+        };
         let user = tokio::select! {
-            () = shutdown => {
+            () = shutdown.as_mut() => {
                 return Some(Ending::close(CloseCode::Away, "broker shutting down"));
             }
-            user = auth.authenticate(&hello.token, self.peer.ip()) => user.ok(),
+            user = auth.authenticate(&token, self.peer.ip()) => user.ok(),
         };
         let accepted = match (user, self.access.user()) {
             (Some(user), Some(current)) => user == *current,
@@ -639,12 +706,23 @@ impl Session {
             ));
             return Some(Ending::close(CloseCode::Policy, "authentication failed"));
         }
-        match self.take_name(hello.name, hello.kind, hello.id) {
-            Ok(Some(answer)) => self.reply(&answer),
-            Ok(None) => {}
-            Err(err) => self.reply_err(&err),
+        self.finish_name(hello, shutdown).await
+    }
+
+    /// The name part of a pending `hello`: answered here; `Some` if the session must end.
+    async fn finish_name(
+        &mut self,
+        hello: PendingHello,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Ending> {
+        match self.take_name_in_cluster(hello, shutdown).await {
+            Ok(Some(answer)) => {
+                self.reply(&answer);
+                None
+            }
+            Ok(None) | Err(None) => None,
+            Err(Some(ending)) => Some(ending),
         }
-        None
     }
 
     /// Puts reloaded rules in force: subscriptions no longer allowed are dropped (and the
@@ -699,6 +777,10 @@ impl Session {
             self.router
                 .publish_presence(&name, &kind, false, &self.peer.to_string());
             self.router.release_name(&name, self.id);
+            if let (Some(revision), Some(link)) = (self.cluster_claim.take(), self.router.cluster())
+            {
+                link.release(&name, revision);
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use broker::cluster::ClusterConfig;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::harness::{publish, sub, unsub, Broker, Client, WAIT};
 
@@ -253,6 +254,8 @@ async fn a_broker_serves_alone_while_nats_is_down_and_joins_when_it_comes() {
     let Some(_nats) = Nats::start(port, "a_broker_joins_when_nats_comes") else {
         return;
     };
+    // What was published meanwhile stays local: `until_crossing` checks that the first
+    // message to cross is its own probe, not x/1 come late.
     let mut on_b = Client::json(&b.url()).await;
     sub(&mut on_b, "x/#", 1).await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -340,4 +343,140 @@ async fn values_retained_while_nats_was_away_reach_the_cluster_when_it_returns()
     let b = member(&url, "b");
     let took = until_replayed(&b, "notes/#", json!("kept")).await;
     eprintln!("a value retained while NATS was away reached the other broker {took:?} after");
+}
+
+/// Waits until `broker` says, on `$SYS/brokers/<name>`, that the broker `name` is online and
+/// takes names in the cluster's bucket.
+async fn until_registered(broker: &Broker, name: &str) {
+    until_broker(broker, name, json!(true)).await;
+}
+
+/// Waits until `broker`'s `$SYS/brokers/<name>` says `online` (and, online, that names are the
+/// cluster's); returns what it says.
+async fn until_broker(broker: &Broker, name: &str, online: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let filter = format!("$SYS/brokers/{name}");
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let mut c = Client::json(&broker.url()).await;
+        let got = c.call(json!({"op": "sub", "topic": filter, "id": 1})).await;
+        if got["retained"] == true
+            && got["data"]["online"] == online
+            && (online == false || got["data"]["names"] == "cluster")
+        {
+            return got["data"].clone();
+        }
+        last = got;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{filter} on {} never said online {online}: {last}",
+        broker.url()
+    );
+}
+
+#[tokio::test]
+async fn a_name_is_unique_across_the_cluster_and_free_again_once_its_holder_leaves() {
+    let Some(nats) = Nats::start(0, "a_name_is_unique_across_the_cluster") else {
+        return;
+    };
+    let (a, b) = (member(&nats.url(), "a"), member(&nats.url(), "b"));
+    until_registered(&a, "a").await;
+    until_registered(&b, "b").await;
+    let mut holder = Client::json(&a.url()).await;
+    crate::harness::hello(&mut holder, "pin-1", "pin", 1).await;
+    let mut rival = Client::json(&b.url()).await;
+    let got = rival
+        .call(json!({"op": "hello", "name": "pin-1", "id": 1}))
+        .await;
+    crate::harness::assert_err(&got, Some(1), "name_taken", &"held on the other broker");
+
+    crate::harness::close(&mut holder).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut id = 2;
+    loop {
+        let got = rival
+            .call(json!({"op": "hello", "name": "pin-1", "id": id}))
+            .await;
+        if got == json!({"op": "ok", "id": id}) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the name was never freed: {got}");
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Another broker of the cluster, played by the test: it says it is alive on the heartbeat
+/// subject until told to stop, as a broker that then dies (no goodbye) would.
+async fn ghost_broker(nats: &str, name: &str) -> (async_nats::Client, CancellationToken) {
+    let client = async_nats::connect(nats)
+        .await
+        .expect("the test connects to NATS");
+    let stop = CancellationToken::new();
+    let (c, s, name) = (client.clone(), stop.clone(), name.to_string());
+    tokio::spawn(async move {
+        let beat = json!({"broker": name, "since": 1, "names": true}).to_string();
+        while !s.is_cancelled() {
+            let _ = c.publish("bb.test!.brokers", beat.clone().into()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    (client, stop)
+}
+
+#[tokio::test]
+async fn a_dead_brokers_clients_turn_offline_everywhere_within_seconds() {
+    let Some(nats) = Nats::start(0, "a_dead_brokers_clients_turn_offline") else {
+        return;
+    };
+    let b = member(&nats.url(), "b");
+    until_registered(&b, "b").await;
+    // The ghost broker holds `pin-9` in the names bucket, and its presence is online.
+    let (ghost, stop) = ghost_broker(&nats.url(), "ghost").await;
+    let js = async_nats::jetstream::new(ghost.clone());
+    let names = js
+        .get_key_value("bb_test_names")
+        .await
+        .expect("b made the names bucket");
+    let holder = json!({"broker": "ghost", "run": 1, "kind": "pin", "addr": "10.0.0.9:1"});
+    names
+        .put("pin-9", holder.to_string().into())
+        .await
+        .expect("the ghost takes pin-9");
+    let seen = until_broker(&b, "ghost", json!(true)).await;
+    assert_eq!(seen["since"], 1, "{seen}");
+
+    let mut rival = Client::json(&b.url()).await;
+    let got = rival
+        .call(json!({"op": "hello", "name": "pin-9", "id": 1}))
+        .await;
+    crate::harness::assert_err(
+        &got,
+        Some(1),
+        "name_taken",
+        &"held by a live broker's client",
+    );
+
+    let mut watcher = Client::json(&b.url()).await;
+    sub(&mut watcher, "$SYS/nodes/pin-9", 1).await;
+    let died = Instant::now();
+    stop.cancel();
+    let got = watcher.recv().await;
+    let took = died.elapsed();
+    assert_eq!(got["topic"], "$SYS/nodes/pin-9", "{got}");
+    assert_eq!(got["data"]["online"], false, "{got}");
+    assert_eq!(got["data"]["broker"], "ghost", "{got}");
+    assert_eq!(got["data"]["kind"], "pin", "{got}");
+    assert!(took < Duration::from_secs(8), "offline only after {took:?}");
+    eprintln!("a dead broker's client was offline {took:?} after its last heartbeat");
+    until_broker(&b, "ghost", json!(false)).await;
+    // The name is free again, and the bucket says who holds it now.
+    let got = rival
+        .call(json!({"op": "hello", "name": "pin-9", "id": 2}))
+        .await;
+    assert_eq!(got, json!({"op": "ok", "id": 2}));
+    let entry = names.get("pin-9").await.expect("the bucket answers");
+    let held: Value = serde_json::from_slice(&entry.expect("held")).expect("JSON");
+    assert_eq!(held["broker"], "b", "{held}");
 }

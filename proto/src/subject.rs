@@ -11,6 +11,9 @@
 //!   out of the first token, because the root already says it: `$SYS/nodes/pin-1` is
 //!   `bb.breadboard$.SYS.nodes.pin-1`. A first level that is `$` alone becomes the token `=`.
 //!
+//! A third root, `bb.C!`, carries what brokers say to each other and is never a topic
+//! ([`SubjectSpace::control_subject`]).
+//!
 //! Each topic level is one subject token. Bytes other than `A`–`Z`, `a`–`z`, `0`–`9`, `-` and
 //! `_` are escaped as `=` and two uppercase hexadecimal digits, one escape per byte of the
 //! level's UTF-8 text (quoted-printable's form): `.` is `=2E`, a space `=20`, `*` `=2A`, `>`
@@ -154,6 +157,12 @@ impl SubjectSpace {
     /// `bb.C$`, the root of the topics starting with `$` (the broker's own).
     pub fn system_root(&self) -> &str {
         &self.system_root
+    }
+
+    /// `bb.C!.<what>`: a subject of the brokers' own traffic (their heartbeats), which is no
+    /// topic's: neither root nor a wildcard under either matches it.
+    pub fn control_subject(&self, what: &str) -> String {
+        format!("{}!.{what}", self.root)
     }
 
     /// The subject a message published on `topic` travels on.
@@ -458,6 +467,18 @@ mod tests {
             let got = space().filter_subjects(&filter(f));
             assert_eq!(got.iter().collect::<Vec<_>>(), subjects, "{f}");
             assert_eq!(got.len(), subjects.len());
+        }
+    }
+
+    #[test]
+    fn the_control_subjects_are_no_topics_and_no_filter_reaches_them() {
+        let hb = space().control_subject("brokers");
+        assert_eq!(hb, "bb.breadboard!.brokers");
+        assert!(space().topic(&hb).is_err());
+        for f in ["#", "+", "+/#", "$SYS/#", "$/#", "brokers", "!/#"] {
+            for subject in space().filter_subjects(&filter(f)).iter() {
+                assert!(!nats_matches(subject, &hb), "{f} → {subject}");
+            }
         }
     }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use proto::{Publish, SubjectSpace, TopicFilter};
 use tokio::sync::{mpsc, Notify};
 
+use super::names::{Claim, Registry};
 use super::retained::Pending;
 use crate::metrics::Metrics;
 
@@ -42,6 +43,8 @@ pub(crate) struct Link {
     pub(super) interest_changed: Notify,
     /// Topics retained here, to be written to the cluster's bucket.
     pub(super) retained: Arc<Pending>,
+    /// Names across the cluster, once its buckets are open.
+    pub(super) registry: Arc<std::sync::OnceLock<Arc<Registry>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -58,6 +61,7 @@ impl Link {
             interest: Mutex::new(HashMap::new()),
             interest_changed: Notify::new(),
             retained: Arc::new(Pending::default()),
+            registry: Arc::default(),
             metrics,
         };
         (link, outgoing_rx)
@@ -70,7 +74,7 @@ impl Link {
     /// A message a client of this broker published: for the other brokers too. The broker's
     /// own counters (`$SYS/broker/...`) stay local.
     pub(crate) fn published(&self, p: &Publish<'_>, from: Option<&str>) {
-        if p.topic.as_str().starts_with("$SYS/broker") {
+        if p.topic.as_str().starts_with("$SYS/broker/") {
             return;
         }
         if p.retain {
@@ -92,6 +96,23 @@ impl Link {
                     "cluster queue full (or NATS gone): messages not sent to other brokers"
                 );
             }
+        }
+    }
+
+    /// Takes a `hello` name cluster-wide for a client of this broker (which holds it locally
+    /// already).
+    pub(crate) async fn claim(&self, name: &str, kind: &str, addr: &str) -> Claim {
+        match self.registry.get() {
+            Some(registry) => registry.claim(name, kind, addr).await,
+            None => Claim::Alone,
+        }
+    }
+
+    /// Gives back a name taken with [`Link::claim`] (in the background).
+    pub(crate) fn release(&self, name: &str, revision: u64) {
+        if let Some(registry) = self.registry.get().cloned() {
+            let name = name.to_string();
+            tokio::spawn(async move { registry.release(&name, revision).await });
         }
     }
 

@@ -21,11 +21,16 @@
 //! - `link`: what the router calls (publishes out, interest counts), never waiting;
 //! - `bridge`: the task that owns the NATS connection;
 //! - `dedupe`: messages already delivered, when subscriptions overlap;
-//! - `retained`: retained values in a JetStream key-value bucket, the local store as its cache.
+//! - `retained`: retained values in a JetStream key-value bucket, the local store as its cache;
+//! - `names`: `hello` names unique cluster-wide, broker heartbeats, the clients of a dead broker
+//!   turned offline everywhere;
+//! - `buckets`: opening (or making) those buckets.
 
 mod bridge;
+mod buckets;
 mod dedupe;
 mod link;
+mod names;
 mod retained;
 
 use std::path::PathBuf;
@@ -37,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::router::Router;
 
 pub(crate) use link::Link;
+pub(crate) use names::Claim;
 
 /// How a broker joins a cluster.
 #[derive(Debug, Clone)]
@@ -87,6 +93,15 @@ pub(crate) async fn join(
         config.name.clone(),
         router.clone(),
         link.retained.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(names::run(
+        client.clone(),
+        link.subjects().control_subject("brokers"),
+        config.name.clone(),
+        broker_name.to_string(),
+        router.clone(),
+        link.registry.clone(),
         shutdown.clone(),
     ));
     tracker.spawn(bridge::run(

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{Operation, Store};
-use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy};
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -23,6 +22,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::buckets;
 use crate::router::Router;
 
 /// How long to wait before trying the bucket again after a failure.
@@ -64,48 +64,9 @@ impl Pending {
     }
 }
 
-/// The bucket's name for a cluster.
-pub(super) fn bucket(cluster: &str) -> String {
-    let mut out = String::from("bb_");
-    for b in cluster.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("_{b:02X}"));
-        }
-    }
-    out.push_str("_retained");
-    out
-}
-
-/// A topic's key in the bucket.
-pub(super) fn key(topic: &str) -> String {
-    let mut out = String::with_capacity(topic.len());
-    for b in topic.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'/') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
-}
-
 /// The topic of a key, if it is one.
-pub(super) fn topic_of(key: &str) -> Option<TopicName> {
-    let bytes = key.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            out.push(u8::from_str_radix(key.get(i + 1..i + 3)?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    TopicName::system(String::from_utf8(out).ok()?).ok()
+fn topic_of(key: &str) -> Option<TopicName> {
+    TopicName::system(buckets::unkey(key)?).ok()
 }
 
 /// Keeps the bucket and this broker's retained values in step until `shutdown`.
@@ -116,11 +77,11 @@ pub(super) async fn run(
     pending: Arc<Pending>,
     shutdown: CancellationToken,
 ) {
-    let bucket = bucket(&cluster);
+    let bucket = buckets::name(&cluster, "retained");
     loop {
         let store = tokio::select! {
             () = shutdown.cancelled() => return,
-            store = open(&client, &bucket) => store,
+            store = buckets::open(&client, &bucket, "breadboard retained values") => store,
         };
         let store = match store {
             Ok(store) => store,
@@ -143,40 +104,6 @@ pub(super) async fn run(
             return;
         }
     }
-}
-
-async fn open(client: &Client, bucket: &str) -> Result<Store, async_nats::Error> {
-    let js = async_nats::jetstream::new(client.clone());
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    // The bucket's stream, made as the NATS clients make a key-value bucket's, but directly:
-    // `create_key_value` first reads the account's limits in a form servers before 2.10 (such
-    // as Debian's 2.9) do not send. Three replicas where the cluster has the servers (a bucket
-    // that outlives one of them), else one.
-    for replicas in [3, 1] {
-        let config = StreamConfig {
-            name: format!("KV_{bucket}"),
-            description: Some("breadboard retained values".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            deny_purge: false,
-            allow_direct: true,
-            discard: DiscardPolicy::New,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        match js.create_stream(config).await {
-            Ok(_) => break,
-            Err(e) if replicas > 1 => {
-                tracing::debug!(%bucket, error = %e, "cluster: no room for 3 replicas, trying 1");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(js.get_key_value(bucket).await?)
 }
 
 /// Writes what is pending, applies what the bucket holds and every change to it. `Ok` at
@@ -215,7 +142,7 @@ async fn follow(
 /// Writes this broker's value of `topic` (or its absence) to the bucket, unless the bucket
 /// holds a newer one.
 async fn write(store: &Store, router: &Router, topic: &TopicName) -> Result<(), async_nats::Error> {
-    let key = key(topic.as_str());
+    let key = buckets::key(topic.as_str());
     match router.retained_value(topic.as_str()) {
         Some(value) => {
             let record = Record {
@@ -261,27 +188,5 @@ fn apply(router: &Router, entry: &async_nats::jetstream::kv::Entry) {
                 u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             router.retain_from_cluster(&topic, None, at_ms);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_reversible_and_valid_for_kv() {
-        for t in ["pin/p1/state", "$SYS/nodes/a.b", "a b/é/=/~"] {
-            let k = key(t);
-            assert!(
-                k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-/=".contains(&b)),
-                "{k}"
-            );
-            assert_eq!(topic_of(&k).unwrap().as_str(), t);
-        }
-        assert_eq!(key("$SYS/nodes/a.b"), "=24SYS/nodes/a=2Eb");
-        assert!(topic_of("a=G1").is_none());
-        assert_eq!(bucket("breadboard"), "bb_breadboard_retained");
-        assert_eq!(bucket("my.site"), "bb_my_2Esite_retained");
     }
 }
