@@ -39,16 +39,48 @@ impl BrokerChoice {
     }
 }
 
-/// The broker to use among `known` (in the order they were resolved): the one named `wanted`
-/// if given (none until it appears), else the `current` one while it stays (with its latest
-/// records), else the first.
+/// Which broker a node wants, when it finds them over mDNS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Wanted {
+    /// The first one found, kept while it stays (`breadboard node` without a choice).
+    #[default]
+    Any,
+    /// Only the broker with this name: none until it appears (`--broker-name`).
+    Only(String),
+    /// The broker with this name whenever it is there, else any other (`--prefer-broker`): the
+    /// brokers of a cluster are one topic space, so a node whose own broker is gone carries
+    /// on through another, and comes back when it returns.
+    Prefer(String),
+}
+
+impl Wanted {
+    /// `--broker-name` or `--prefer-broker` (at most one is given), or any broker.
+    pub fn from_flags(only: Option<String>, prefer: Option<String>) -> Self {
+        match (only, prefer) {
+            (Some(name), _) => Self::Only(name),
+            (None, Some(name)) => Self::Prefer(name),
+            (None, None) => Self::Any,
+        }
+    }
+}
+
+/// The broker to use among `known` (in the order they were resolved), as `wanted` says: the one
+/// named (only, or preferred while it is there), else the `current` one while it stays (with
+/// its latest records), else the first.
 pub fn pick(
     known: &[BrokerChoice],
     current: Option<&BrokerChoice>,
-    wanted: Option<&str>,
+    wanted: &Wanted,
 ) -> Option<BrokerChoice> {
-    if let Some(wanted) = wanted {
-        return known.iter().find(|c| c.name == wanted).cloned();
+    let named = |name: &str| known.iter().find(|c| c.name == name).cloned();
+    match wanted {
+        Wanted::Only(name) => return named(name),
+        Wanted::Prefer(name) => {
+            if let Some(preferred) = named(name) {
+                return Some(preferred);
+            }
+        }
+        Wanted::Any => {}
     }
     current
         .and_then(|cur| known.iter().find(|c| c.fullname == cur.fullname))
@@ -56,15 +88,15 @@ pub fn pick(
         .cloned()
 }
 
-/// Browses brokers and keeps `watch` set to the one to use: the one named `wanted` if given,
-/// else the first resolved; when it leaves, the next one. Brokers speaking another protocol
+/// Browses brokers and keeps `watch` set to the one to use, as `wanted` says ([`pick`]): by
+/// default the first resolved; when it leaves, the next one. Brokers speaking another protocol
 /// version are skipped with a log line. Runs until `shutdown`.
 ///
 /// # Errors
 /// When browsing cannot start.
 pub fn follow_brokers(
     discovery: &Discovery,
-    wanted: Option<String>,
+    wanted: Wanted,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<Option<BrokerChoice>>> {
     let mut browser = discovery.browse(BROKER_TYPE)?;
@@ -100,7 +132,7 @@ pub fn follow_brokers(
                 Seen::Down { fullname, .. } => known.retain(|c| c.fullname != fullname),
             }
             let current: Option<BrokerChoice> = tx.borrow().clone();
-            let next = pick(&known, current.as_ref(), wanted.as_deref());
+            let next = pick(&known, current.as_ref(), &wanted);
             if next != current {
                 match &next {
                     Some(c) => tracing::info!(broker = %c.name, url = %c.url, "broker found"),
@@ -163,13 +195,42 @@ mod tests {
         let a = BrokerChoice::of(&broker("a", &ours)).unwrap();
         let b = BrokerChoice::of(&broker("b", &ours)).unwrap();
         let known = vec![a.clone(), b.clone()];
-        assert_eq!(pick(&known, None, None), Some(a.clone()));
-        assert_eq!(pick(&known, Some(&b), None), Some(b.clone()));
+        let any = Wanted::Any;
+        assert_eq!(pick(&known, None, &any), Some(a.clone()));
+        assert_eq!(pick(&known, Some(&b), &any), Some(b.clone()));
         // b left: back to the first one still there.
-        assert_eq!(pick(&known[..1], Some(&b), None), Some(a.clone()));
-        assert_eq!(pick(&[], Some(&a), None), None);
+        assert_eq!(pick(&known[..1], Some(&b), &any), Some(a.clone()));
+        assert_eq!(pick(&[], Some(&a), &any), None);
         // --broker-name waits for its broker, whatever else is there.
-        assert_eq!(pick(&known, Some(&a), Some("b")), Some(b));
-        assert_eq!(pick(&known[..1], None, Some("b")), None);
+        let only_b = Wanted::Only("b".into());
+        assert_eq!(pick(&known, Some(&a), &only_b), Some(b.clone()));
+        assert_eq!(pick(&known[..1], None, &only_b), None);
+    }
+
+    #[test]
+    fn a_preferred_broker_is_used_while_it_is_there_and_another_meanwhile() {
+        let ours = proto::PROTOCOL_VERSION.to_string();
+        let a = BrokerChoice::of(&broker("a", &ours)).unwrap();
+        let b = BrokerChoice::of(&broker("b", &ours)).unwrap();
+        let c = BrokerChoice::of(&broker("c", &ours)).unwrap();
+        let prefer_b = Wanted::Prefer("b".into());
+        let all = vec![a.clone(), b.clone(), c.clone()];
+        assert_eq!(pick(&all, None, &prefer_b), Some(b.clone()));
+        assert_eq!(pick(&all, Some(&c), &prefer_b), Some(b.clone()));
+        // b gone: the current one stays, or the first.
+        let without_b = vec![a.clone(), c.clone()];
+        assert_eq!(pick(&without_b, Some(&c), &prefer_b), Some(c.clone()));
+        assert_eq!(pick(&without_b, Some(&b), &prefer_b), Some(a.clone()));
+        assert_eq!(pick(&[], Some(&b), &prefer_b), None);
+        assert_eq!(
+            Wanted::from_flags(None, Some("b".into())),
+            prefer_b,
+            "--prefer-broker"
+        );
+        assert_eq!(
+            Wanted::from_flags(Some("a".into()), None),
+            Wanted::Only("a".into())
+        );
+        assert_eq!(Wanted::from_flags(None, None), Wanted::Any);
     }
 }

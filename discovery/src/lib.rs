@@ -44,7 +44,7 @@ pub mod error;
 pub mod records;
 
 pub use advertise::Advert;
-pub use brokers::{follow_brokers, pick, BrokerChoice};
+pub use brokers::{follow_brokers, pick, BrokerChoice, Wanted};
 pub use browse::{Browser, Seen, VERIFY_TIMEOUT};
 pub use daemon::Discovery;
 pub use error::{Error, Result};

@@ -88,7 +88,10 @@ impl Reach {
 /// The broker mDNS finds first (or the one named `wanted`).
 async fn find(mdns: &Discovery, wanted: Option<String>) -> anyhow::Result<BrokerChoice> {
     let stop = CancellationToken::new();
-    let mut choice = discovery::follow_brokers(mdns, wanted.clone(), stop.clone())?;
+    let only = wanted
+        .clone()
+        .map_or(discovery::Wanted::Any, discovery::Wanted::Only);
+    let mut choice = discovery::follow_brokers(mdns, only, stop.clone())?;
     let found = tokio::time::timeout(FIND_WAIT, choice.wait_for(Option::is_some)).await;
     stop.cancel();
     let what = wanted.map_or("a broker".to_string(), |w| format!("the broker {w:?}"));

@@ -205,14 +205,13 @@ impl Registry {
     }
 
     /// Turns offline every name held by no live client: those of dead brokers, and those this
-    /// broker held before it restarted. Returns how many this broker turned offline.
-    async fn sweep(&self, router: &Router) -> usize {
-        let Ok(mut keys) = self.names.keys().await else {
-            return 0;
-        };
+    /// broker held before it restarted. Returns how many this broker turned offline; an error
+    /// when the names could not be listed (the bucket not answering), to be tried again.
+    async fn sweep(&self, router: &Router) -> Result<usize, async_nats::Error> {
+        let mut keys = self.names.keys().await?;
         let mut keys_seen = Vec::new();
-        while let Some(Ok(key)) = keys.next().await {
-            keys_seen.push(key);
+        while let Some(key) = keys.next().await {
+            keys_seen.push(key?);
         }
         let mut turned = 0;
         for key in keys_seen {
@@ -245,7 +244,7 @@ impl Registry {
                 turned += 1;
             }
         }
-        turned
+        Ok(turned)
     }
 }
 
@@ -294,8 +293,16 @@ pub(super) async fn run(
     };
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Whether the last sweep (due once after the first TTL, and after every death) is done.
-    let mut swept = false;
+    // Sweeps run in a task of their own: the bucket may take seconds to answer (a JetStream
+    // leader being elected), and heartbeats must not wait for it.
+    let sweep_due = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(sweeper(
+        peers.clone(),
+        router.clone(),
+        registry.clone(),
+        sweep_due.clone(),
+        shutdown.clone(),
+    ));
     let mut was_connected = false;
     loop {
         tokio::select! {
@@ -322,13 +329,8 @@ pub(super) async fn run(
                     tracing::debug!(error = %e, "cluster: heartbeat not sent");
                 }
                 let dead = bury(&peers, &router);
-                swept &= dead == 0;
-                if !swept && peers.listened_long_enough() {
-                    if let Some(registry) = registry.get() {
-                        let n = registry.sweep(&router).await;
-                        tracing::debug!(turned_offline = n, "cluster: names swept");
-                        swept = true;
-                    }
+                if dead > 0 {
+                    sweep_due.notify_one();
                 }
             }
             msg = beats.next() => {
@@ -344,7 +346,7 @@ pub(super) async fn run(
                 }
                 if heard_from(&peers, &router, beat) {
                     // A broker left: its names are to be turned offline.
-                    swept = false;
+                    sweep_due.notify_one();
                 }
             }
         }
@@ -355,6 +357,55 @@ pub(super) async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     }
     publish_broker(&router, &me, false, peers.run, shared);
+}
+
+/// Turns offline the names no live client holds: once when this broker has listened for a
+/// whole TTL (names left by brokers that died before it started, or by its own previous run),
+/// then each time `due` is notified (a broker died or left), until `shutdown`.
+async fn sweeper(
+    peers: Arc<Peers>,
+    router: Arc<Router>,
+    registry: Arc<OnceLock<Arc<Registry>>>,
+    due: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut first = true;
+    loop {
+        if first {
+            // Every HEARTBEAT until the bucket is open and a TTL has been listened through.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        } else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = due.notified() => {}
+            }
+        }
+        let Some(registry) = registry.get().filter(|_| peers.listened_long_enough()) else {
+            continue;
+        };
+        first = false;
+        // Until one sweep goes through: the bucket may be electing a leader.
+        loop {
+            let swept = tokio::select! {
+                () = shutdown.cancelled() => return,
+                swept = registry.sweep(&router) => swept,
+            };
+            match swept {
+                Ok(turned) => {
+                    tracing::debug!(turned_offline = turned, "cluster: names swept");
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "cluster: names not swept yet"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
 }
 
 /// Records a heartbeat; a broker heard for the first time (or again, after a restart or a

@@ -67,9 +67,13 @@ struct Common {
     /// over mDNS (or, with --no-mdns, uses ws://127.0.0.1:8765).
     #[arg(short, long, env = "BREADBOARD_BROKER")]
     broker: Option<String>,
-    /// Over mDNS, use the broker with this name (default: the first one found).
+    /// Over mDNS, use the broker with this name, and no other (default: the first one found).
     #[arg(long, conflicts_with = "broker")]
     broker_name: Option<String>,
+    /// Over mDNS, use the broker with this name whenever it is there, and another meanwhile
+    /// (for brokers of one cluster, which are one topic space).
+    #[arg(long, conflicts_with_all = ["broker", "broker_name"])]
+    prefer_broker: Option<String>,
     #[command(flatten)]
     mdns: super::MdnsArgs,
     #[command(flatten)]
@@ -113,7 +117,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (Some(url), _) => (BrokerSource::fixed(url.clone()), None),
         (None, None) => (BrokerSource::fixed(nodes::DEFAULT_BROKER), None),
         (None, Some(mdns)) => {
-            let choice = discovery::follow_brokers(mdns, common.broker_name, shutdown.clone())?;
+            let wanted = discovery::Wanted::from_flags(common.broker_name, common.prefer_broker);
+            let choice = discovery::follow_brokers(mdns, wanted, shutdown.clone())?;
             (BrokerSource::discovered(choice.clone()), Some(choice))
         }
     };
