@@ -601,7 +601,7 @@ impl Session {
                 format!("this connection is already named {current:?}"),
             ));
         }
-        if !self.access.may_take_name(&name) {
+        if !self.access.may_take_name(name) {
             return Err(forbidden(id, format!("may not take the name {name:?}")));
         }
         if !self.router.claim_name(name, self.id) {
