@@ -187,7 +187,7 @@ async fn wait_for_cluster(page: &mut Page, what: &str, done: impl Fn(&Value) -> 
 fn shows_broker(s: &Value, name: &str, online: bool, nodes: u64) -> bool {
     s["brokers"].as_array().into_iter().flatten().any(|b| {
         b["name"] == name
-            && b["online"] == online.to_string()
+            && b["online"] == if online { "true" } else { "false" }
             && b["names"] == "cluster"
             && b["nodes"].as_u64() == Some(nodes)
     })
