@@ -173,6 +173,20 @@ fn ls_until(
     }
 }
 
+/// Waits (with `ls` on `url`) until brokers `a` and `b` are both online and take names in the
+/// cluster's bucket. Nodes are started only then: a name taken while its broker still decides
+/// alone (`"names":"local"`) is not in the bucket, and nothing turns it offline when that broker
+/// dies.
+pub(crate) fn until_names_are_cluster_wide(url: &str) {
+    let (_, took) = ls_until(
+        url,
+        "a and b with names in the cluster",
+        CLUSTER_WAIT,
+        |e| broker_is(e, "a", true, 0) && broker_is(e, "b", true, 0),
+    );
+    println!("brokers a and b take names in the cluster after {took:?}");
+}
+
 /// Whether broker `name` is listed with `online`, cluster-wide names and `nodes` online nodes.
 fn broker_is(entries: &[Value], name: &str, online: bool, nodes: u64) -> bool {
     entry(entries, "broker", name).is_some_and(|b| {
@@ -193,6 +207,7 @@ fn ls_shows_the_clusters_brokers_and_which_broker_each_node_is_on() {
     };
     let a = member(&nats, "a");
     let mut b = member(&nats, "b");
+    until_names_are_cluster_wide(&a.url());
     let _pin_1 = pin("pin-1", &a.url());
     let _pin_2 = pin("pin-2", &b.url());
 

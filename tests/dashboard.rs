@@ -217,6 +217,7 @@ async fn dashboard_shows_the_clusters_brokers() {
     let a = crate::cluster_view::member(&nats, "a");
     let mut b = crate::cluster_view::member(&nats, "b");
     let solo = Broker::start(&["--name", "solo"]);
+    crate::cluster_view::until_names_are_cluster_wide(&a.url());
     let _pins = [
         crate::cluster_view::pin("pin-1", &a.url()),
         crate::cluster_view::pin("pin-2", &b.url()),
