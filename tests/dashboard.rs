@@ -158,6 +158,115 @@ async fn dashboard_shows_the_live_circuit_in_chromium() {
     println!("dashboard test took {:.1?}", started.elapsed());
 }
 
+/// What the page shows of the cluster, read from its stable ids and data attributes.
+const CLUSTER_STATE: &str = r#"JSON.stringify({
+  conn: document.querySelector('#conn')?.dataset.state,
+  panel: document.querySelector('#cluster-panel')?.hidden === false,
+  brokers: [...document.querySelectorAll('#brokers li')].map(li => ({ name: li.dataset.broker, online: li.dataset.online, names: li.dataset.names, nodes: +li.dataset.nodes })),
+  nodes: [...document.querySelectorAll('#nodes li')].map(li => ({ name: li.dataset.node, online: li.dataset.online, broker: li.dataset.broker })),
+})"#;
+
+/// Polls [`CLUSTER_STATE`] until `done` holds; panics after [`PAGE_WAIT`] with the last state.
+async fn wait_for_cluster(page: &mut Page, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let text = page.eval(CLUSTER_STATE).await;
+        let s: Value = serde_json::from_str(text.as_str().unwrap_or("null")).unwrap_or(Value::Null);
+        if done(&s) {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = page.screenshot_to("dashboard-cluster-failure.png").await;
+            panic!("the page did not show {what} within {PAGE_WAIT:?}; last state: {s}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the cluster state lists broker `name` with `online` and `nodes` online nodes.
+fn shows_broker(s: &Value, name: &str, online: bool, nodes: u64) -> bool {
+    s["brokers"].as_array().into_iter().flatten().any(|b| {
+        b["name"] == name
+            && b["online"] == if online { "true" } else { "false" }
+            && b["names"] == "cluster"
+            && b["nodes"].as_u64() == Some(nodes)
+    })
+}
+
+/// Whether the nodes list shows `name` online on `broker`.
+fn shows_node_on(s: &Value, name: &str, broker: &str) -> bool {
+    s["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| n["name"] == name && n["online"] == "true" && n["broker"] == broker)
+}
+
+/// Two brokers joined by a loopback `nats-server` (see `cluster_view`): broker a's page lists
+/// both in a Cluster panel with a node each and says which broker each node is on; broker b
+/// killed turns offline there. A broker with no cluster shows no such panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_clusters_brokers() {
+    let test = "dashboard_shows_the_clusters_brokers";
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let Some(nats) = crate::cluster_view::Nats::start(test) else {
+        return;
+    };
+    let a = crate::cluster_view::member(&nats, "a");
+    let mut b = crate::cluster_view::member(&nats, "b");
+    let solo = Broker::start(&["--name", "solo"]);
+    crate::cluster_view::until_names_are_cluster_wide(&a.url());
+    let _pins = [
+        crate::cluster_view::pin("pin-1", &a.url()),
+        crate::cluster_view::pin("pin-2", &b.url()),
+        crate::cluster_view::pin("pin-3", &solo.url()),
+    ];
+
+    let browser = Chromium::launch(&exe);
+    let mut page = browser.open(&format!("{}/", a.http())).await;
+    let seen = wait_for_cluster(&mut page, "both brokers, a node on each", |s| {
+        s["conn"] == "open"
+            && s["panel"] == true
+            && shows_broker(s, "a", true, 1)
+            && shows_broker(s, "b", true, 1)
+            && shows_node_on(s, "pin-1", "a")
+            && shows_node_on(s, "pin-2", "b")
+    })
+    .await;
+    println!("cluster on the page: {seen}");
+    page.screenshot_to("dashboard-cluster.png").await;
+
+    // Broker b dies (SIGKILL, by its PID): a buries it after 4 s of silence.
+    b.proc.child.kill().expect("SIGKILL broker b");
+    assert!(
+        b.proc.wait_exit(Duration::from_secs(5)).is_some(),
+        "broker b survived SIGKILL"
+    );
+    let after = wait_for_cluster(&mut page, "b offline", |s| {
+        shows_broker(s, "b", false, 0) && shows_broker(s, "a", true, 1)
+    })
+    .await;
+    println!("after b's SIGKILL: {after}");
+    page.close().await;
+
+    // Without a cluster there is no Cluster panel (once the page is live and has its node).
+    let mut page = browser.open(&format!("{}/", solo.http())).await;
+    wait_for_cluster(&mut page, "pin-3 and no Cluster panel", |s| {
+        s["conn"] == "open"
+            && s["panel"] == false
+            && s["brokers"].as_array().is_some_and(Vec::is_empty)
+            && s["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["name"] == "pin-3" && n["online"] == "true")
+    })
+    .await;
+    page.close().await;
+}
+
 const VIEWER: &str = "viewer-s3cret";
 const ADMIN: &str = "admin-s3cret";
 

@@ -6,6 +6,7 @@ mod broker;
 mod circuit;
 mod clients;
 mod cluster;
+mod cluster_view;
 mod common;
 mod dashboard;
 mod lan;
