@@ -515,6 +515,37 @@ impl Router {
         self.publish_system(&topic, &data);
     }
 
+    /// The names online, by their retained presence, on brokers `dead` says are dead (not this
+    /// one): `(name, kind, addr, broker)` of each.
+    pub(crate) fn online_on(
+        &self,
+        dead: impl Fn(&str) -> bool,
+    ) -> Vec<(String, String, String, String)> {
+        let Ok(filter) = TopicFilter::new(format!("{}/nodes/+", proto::SYS_PREFIX)) else {
+            return Vec::new();
+        };
+        let retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
+        retained
+            .matching(&filter)
+            .into_iter()
+            .filter_map(|r| {
+                let data = r.data();
+                let broker = data["broker"].as_str()?;
+                if data["online"] != true || broker == self.name || !dead(broker) {
+                    return None;
+                }
+                let name = r.topic().as_str().rsplit('/').next()?;
+                let text = |key: &str| data[key].as_str().unwrap_or_default().to_string();
+                Some((
+                    name.to_string(),
+                    text("kind"),
+                    text("addr"),
+                    broker.to_string(),
+                ))
+            })
+            .collect()
+    }
+
     /// Forgets the presence of every name that has been offline for longer than `ttl`;
     /// returns how many.
     pub fn forget_offline(&self, ttl: Duration) -> usize {

@@ -444,6 +444,20 @@ async fn a_dead_brokers_clients_turn_offline_everywhere_within_seconds() {
         .put("pin-9", holder.to_string().into())
         .await
         .expect("the ghost takes pin-9");
+    // It also has `pin-8` online, taken while it was on its own (so not in the bucket): its
+    // presence alone says so.
+    let retained = js
+        .get_key_value("bb_test_retained")
+        .await
+        .expect("b made the retained bucket");
+    let pin8 = json!({
+        "data": {"kind": "pin", "online": true, "since": 1, "addr": "10.0.0.8:1", "broker": "ghost"},
+        "ts": crate::harness::now_ms(),
+    });
+    retained
+        .put("=24SYS/nodes/pin-8", pin8.to_string().into())
+        .await
+        .expect("the ghost's presence of pin-8");
     let seen = until_broker(&b, "ghost", json!(true)).await;
     assert_eq!(seen["since"], 1, "{seen}");
 
@@ -460,6 +474,23 @@ async fn a_dead_brokers_clients_turn_offline_everywhere_within_seconds() {
 
     let mut watcher = Client::json(&b.url()).await;
     sub(&mut watcher, "$SYS/nodes/pin-9", 1).await;
+    let mut orphan_watcher = Client::json(&b.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = orphan_watcher
+            .call(json!({"op": "sub", "topic": "$SYS/nodes/pin-8", "id": 1}))
+            .await;
+        if got["data"]["online"] == true {
+            assert_eq!(orphan_watcher.recv().await["op"], "ok");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pin-8's presence never reached b: {got}"
+        );
+        orphan_watcher = Client::json(&b.url()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let died = Instant::now();
     stop.cancel();
     let got = watcher.recv().await;
@@ -470,6 +501,10 @@ async fn a_dead_brokers_clients_turn_offline_everywhere_within_seconds() {
     assert_eq!(got["data"]["kind"], "pin", "{got}");
     assert!(took < Duration::from_secs(8), "offline only after {took:?}");
     eprintln!("a dead broker's client was offline {took:?} after its last heartbeat");
+    let got = orphan_watcher.recv().await;
+    assert_eq!(got["topic"], "$SYS/nodes/pin-8", "{got}");
+    assert_eq!(got["data"]["online"], false, "{got}");
+    assert_eq!(got["data"]["broker"], "ghost", "{got}");
     until_broker(&b, "ghost", json!(false)).await;
     // The name is free again, and the bucket says who holds it now.
     let got = rival

@@ -395,7 +395,13 @@ async fn sweeper(
             };
             match swept {
                 Ok(turned) => {
-                    tracing::debug!(turned_offline = turned, "cluster: names swept");
+                    // What other brokers turned offline meanwhile has a moment to arrive.
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(HEARTBEAT) => {}
+                    }
+                    let orphans = offline_orphans(&peers, &router);
+                    tracing::debug!(turned_offline = turned, orphans, "cluster: names swept");
                     break;
                 }
                 Err(e) => tracing::debug!(error = %e, "cluster: names not swept yet"),
@@ -406,6 +412,32 @@ async fn sweeper(
             }
         }
     }
+}
+
+/// Turns offline the presence still online on dead brokers that the bucket did not know of:
+/// names a broker took alone (NATS away, or the bucket slow to answer). Every broker sees the
+/// same presence, so only one says it: the live broker whose name sorts first. Returns how
+/// many.
+fn offline_orphans(peers: &Peers, router: &Router) -> usize {
+    let first = {
+        let heard = peers.heard();
+        heard.keys().all(|other| peers.me < *other)
+    };
+    if !first || !peers.listened_long_enough() {
+        return 0;
+    }
+    let dead = |broker: &str| {
+        let heard = peers.heard();
+        heard
+            .get(broker)
+            .is_none_or(|h| h.at.elapsed() >= BROKER_TTL)
+    };
+    let orphans = router.online_on(dead);
+    for (name, kind, addr, broker) in &orphans {
+        tracing::info!(%name, %broker, "cluster: the name's broker is gone; offline");
+        router.publish_presence_on(name, kind, false, addr, broker);
+    }
+    orphans.len()
 }
 
 /// Records a heartbeat; a broker heard for the first time (or again, after a restart or a
