@@ -386,6 +386,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         payload::MIN_SIZE
     );
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(
+        a.nats.is_none() || a.baseline == Some(Baseline::Nats),
+        "--nats is the server of --baseline nats"
+    );
     let msgs = match a.rate {
         Some(rate) => {
             anyhow::ensure!(rate > 0.0, "--rate must be more than 0");
@@ -409,10 +413,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &a.sub_broker {
         target.subscribers_at(url, &a.target).await?;
     }
-    anyhow::ensure!(
-        a.nats.is_none() || a.baseline == Some(Baseline::Nats),
-        "--nats is the server of --baseline nats"
-    );
     let relay = match a.baseline {
         Some(Baseline::Relay) => Some(relay::Relay::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
