@@ -1,12 +1,14 @@
-//! `breadboard bench` end to end: it starts its own broker, runs a small workload, and reports
-//! it as JSON. Only that nothing is lost and that the report is well formed is checked here;
-//! the numbers themselves belong to the bench, not to tests.
+//! `breadboard bench` end to end: it starts its own broker (or is given two clustered through a
+//! loopback `nats-server`), runs a small workload, and reports it as JSON. Only that nothing is
+//! lost and that the report is well formed is checked here; the numbers themselves belong to
+//! the bench, not to tests.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::loopback_nats::LoopbackNats;
 use crate::common::Proc;
 
 /// Runs `breadboard <args>` to the end (killed if it takes longer than `limit`); returns its
@@ -48,7 +50,7 @@ fn throughput_run_loses_nothing_and_reports_json() {
     // The broker is a local child: its CPU time and memory are read from /proc.
     assert!(broker["cpu_s"].is_number());
     assert!(broker["rss_bytes"].as_u64().is_some_and(|b| b > 0));
-    assert!(report["relay"].is_null());
+    assert!(report["baseline"].is_null());
     assert_eq!(report["broker_runs"].as_array().map(Vec::len), Some(1));
 }
 
@@ -70,7 +72,8 @@ fn relay_baseline_and_latency_mode_report_percentiles() {
     assert!(ok, "bench failed: {out}");
     let report: Value = serde_json::from_str(&out).expect("the report is JSON");
     assert_eq!(report["workload"]["mode"], "latency");
-    for target in ["broker", "relay"] {
+    assert_eq!(report["workload"]["baseline"], "relay");
+    for target in ["broker", "baseline"] {
         let o = &report[target];
         assert_eq!(o["lost"], 0, "{target}");
         assert_eq!(o["delivered"], 500, "{target}");
@@ -81,6 +84,72 @@ fn relay_baseline_and_latency_mode_report_percentiles() {
         assert!(p50 > 0.0 && p50 <= max, "{target}: {latency}");
     }
     assert!(report["ratio"].is_number());
+}
+
+#[test]
+fn across_two_clustered_brokers_nothing_is_lost_and_nats_alone_is_the_baseline() {
+    let test = "across_two_clustered_brokers_nothing_is_lost";
+    let Some(nats) = LoopbackNats::start(test) else {
+        return;
+    };
+    let (a, b) = (nats.broker("a"), nats.broker("b"));
+    let (a_url, b_url, nats_url) = (a.url(), b.url(), nats.url());
+    let (ok, out) = run(
+        &[
+            "bench",
+            "--broker",
+            &a_url,
+            "--sub-broker",
+            &b_url,
+            "--msgs",
+            "3000",
+            "--subs",
+            "3",
+            "--baseline",
+            "nats",
+            "--nats",
+            &nats_url,
+            "--json",
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(ok, "bench --sub-broker failed: {out}");
+    let report: Value = serde_json::from_str(&out).expect("the report is JSON");
+    assert_eq!(report["workload"]["across_brokers"], true);
+    assert_eq!(report["workload"]["baseline"], "nats");
+    for target in ["broker", "baseline"] {
+        let o = &report[target];
+        assert_eq!(o["published"], 3000, "{target}: {o}");
+        assert_eq!(
+            o["delivered"], 9000,
+            "{target}: probes are not counted: {o}"
+        );
+        assert_eq!(o["lost"], 0, "{target}: {o}");
+        assert_eq!(o["duplicates"], 0, "{target}: {o}");
+    }
+
+    // Latency mode across the same brokers: every paced message crosses too.
+    let (ok, out) = run(
+        &[
+            "bench",
+            "--broker",
+            &a_url,
+            "--sub-broker",
+            &b_url,
+            "--rate",
+            "1000",
+            "--duration",
+            "0.5",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "bench --sub-broker --rate failed: {out}");
+    let report: Value = serde_json::from_str(&out).expect("the report is JSON");
+    let broker = &report["broker"];
+    assert_eq!(broker["lost"], 0, "{broker}");
+    assert_eq!(broker["latency"]["count"], 500, "{broker}");
+    drop((a, b, nats));
 }
 
 #[test]

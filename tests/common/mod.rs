@@ -226,4 +226,5 @@ impl Broker {
 }
 
 pub mod lan;
+pub mod loopback_nats;
 pub mod nats;

@@ -26,6 +26,10 @@ use crate::router::Router;
 const INBOUND_QUEUE: usize = 8192;
 /// Outgoing messages published before the task looks at its other work again.
 const PUBLISH_BATCH: usize = 256;
+/// Messages from NATS delivered before the task looks at its other work again: each turn of
+/// its loop re-arms every branch (the interest `Notify` takes a lock to), too much to pay per
+/// message at hundreds of thousands a second.
+const DELIVER_BATCH: usize = 256;
 /// Past this many filters, overlap is assumed rather than checked pair by pair.
 const OVERLAP_CHECK_MAX: usize = 512;
 
@@ -137,7 +141,15 @@ pub(super) async fn run(
             () = bridge.link.interest_changed.notified() => {
                 bridge.reconcile(&inbound_tx, &tracker);
             }
-            Some(Inbound(msg)) = inbound_rx.recv() => bridge.deliver(&msg),
+            Some(Inbound(msg)) = inbound_rx.recv() => {
+                bridge.deliver(&msg);
+                for _ in 1..DELIVER_BATCH {
+                    match inbound_rx.try_recv() {
+                        Ok(Inbound(msg)) => bridge.deliver(&msg),
+                        Err(_) => break,
+                    }
+                }
+            }
         }
     }
     for (_, cancel) in bridge.subscriptions.drain() {
@@ -287,10 +299,10 @@ impl Bridge {
             msg.headers
                 .as_ref()
                 .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
+                .map(|v| v.as_str())
         };
         if self.overlap {
-            if let Some(id) = header(ID).as_deref().and_then(parse_id) {
+            if let Some(id) = header(ID).and_then(parse_id) {
                 if !self.dedupe.first(id, Instant::now()) {
                     metrics.cluster_duplicates.fetch_add(1, Relaxed);
                     return;
@@ -309,7 +321,7 @@ impl Bridge {
         let mut p = Publish::new(topic, data);
         p.reply = reply.map(Into::into);
         metrics.cluster_in.fetch_add(1, Relaxed);
-        let _ = self.router.publish_remote(&p, from.as_deref());
+        let _ = self.router.publish_remote(&p, from);
     }
 }
 

@@ -77,7 +77,7 @@ impl Report {
 /// Opens connection `i`, subscribed to a topic of its own so that the broker keeps one
 /// subscription per connection, as real clients make it do.
 async fn open(dial: wire::Dial, i: usize) -> anyhow::Result<wire::Conn> {
-    let broker = Endpoint { dial, relay: false };
+    let broker = Endpoint::broker(dial);
     workload::connect_subscriber(broker, &format!("bench/idle/{i}"), Encoding::Json).await
 }
 

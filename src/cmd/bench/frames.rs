@@ -40,6 +40,19 @@ pub fn publish(topic: &str, size: usize, enc: Encoding) -> anyhow::Result<(Vec<u
     Ok((ws, at))
 }
 
+/// The WebSocket frame of a probe on `topic`: a `pub` whose data carries no stamp, so that
+/// subscribers tell it from the workload's messages and never count it.
+///
+/// # Errors
+/// `topic` is not a valid topic name.
+pub fn probe(topic: &str, enc: Encoding) -> anyhow::Result<Vec<u8>> {
+    let frame = ClientFrame::Pub(Publish::new(
+        TopicName::new(topic)?,
+        serde_json::Value::from("probe"),
+    ));
+    Ok(to_websocket(&frame, enc))
+}
+
 /// The WebSocket frame that subscribes to `filter`, answered by an `ok` that [`subscribed`]
 /// recognises.
 ///

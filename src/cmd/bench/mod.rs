@@ -6,6 +6,10 @@
 //! - `bench --rate R --duration D`: latency percentiles at a fixed publish rate.
 //! - `bench --baseline relay`: the same workload against a bare tokio-tungstenite relay
 //!   ([`relay`]), and the ratio broker/relay.
+//! - `bench --sub-broker URL`: subscribers on another broker of the same cluster than the
+//!   publishers, so that every message crosses between brokers through NATS;
+//!   `--baseline nats --nats URL`: the same workload by NATS clients against the `nats-server`
+//!   alone ([`nats`]), and the ratio.
 //! - `bench conns --count N`: the broker's resident memory per idle subscribed connection.
 //! - `bench soak --duration D`: a steady mixed load for a long time ([`soak`]): nothing may be
 //!   lost, and the broker's memory and open files must stay level.
@@ -17,7 +21,8 @@
 //! protocol (a `pub`, a `sub`, the `ok` to it) is encoded and decoded in [`frames`] alone.
 //!
 //! ```text
-//!  bench ──► workload::run ──► Endpoint (broker child | relay) ──► Measured
+//!  bench ──► workload::run ──► Endpoint (broker child | relay | two brokers) ──► Measured
+//!        └─► nats::run ──► nats-server ───────────────────────────────────────► Measured
 //!                 │ probe(): /proc CPU before/after                   │
 //!                 └──────────────────────────────────────────► report::Report (table | JSON)
 //! ```
@@ -25,6 +30,7 @@
 mod conns;
 mod frames;
 mod local;
+mod nats;
 mod payload;
 mod relay;
 mod report;
@@ -110,6 +116,18 @@ impl From<EncodingArg> for Encoding {
 enum Baseline {
     /// A bare tokio-tungstenite relay, in this process.
     Relay,
+    /// NATS clients against the `nats-server` given with `--nats`, no broker between them.
+    Nats,
+}
+
+impl Baseline {
+    /// Its name in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Baseline::Relay => "relay",
+            Baseline::Nats => "nats",
+        }
+    }
 }
 
 /// Flags of the throughput and latency runs.
@@ -136,9 +154,18 @@ struct RunArgs {
     /// How clients encode their frames.
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
+    /// Subscribers connect to this broker (`ws://host:port`), publishers to `--broker` (or the
+    /// broker the bench starts): two brokers of one cluster, each message crossing between
+    /// them. The run starts once probes reach every subscriber (interest takes a moment to
+    /// travel through NATS); probes are not counted.
+    #[arg(long, value_name = "URL")]
+    sub_broker: Option<String>,
     /// Run the same workload against a baseline too, and print the ratio.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
+    /// The `nats-server` of `--baseline nats` (`nats://host:port`).
+    #[arg(long, value_name = "URL", required_if_eq("baseline", "nats"))]
+    nats: Option<String>,
     /// How the relay writes to its subscribers.
     #[arg(long, value_enum, default_value_t = relay::Writes::Batch)]
     relay_writes: relay::Writes,
@@ -165,6 +192,8 @@ struct RunArgs {
 pub(crate) struct Target {
     /// Where it listens, and how clients connect (TLS, credentials).
     dial: wire::Dial,
+    /// Where subscribers connect instead (`--sub-broker`), with the same TLS and credentials.
+    sub_dial: Option<wire::Dial>,
     /// Held so the child lives as long as the bench, and is killed after.
     _local: Option<LocalBroker>,
     /// Its process id, when its `/proc` can be read.
@@ -180,6 +209,7 @@ impl Target {
                     .context("--broker")?;
                 Ok(Self {
                     dial: dial.with_token(args.access.token.token.clone()),
+                    sub_dial: None,
                     _local: None,
                     pid: args.pid,
                 })
@@ -194,11 +224,21 @@ impl Target {
                 let dial = wire::Dial::plain(local.addr);
                 Ok(Self {
                     dial: dial.with_token(args.access.token.token.clone()),
+                    sub_dial: None,
                     pid: Some(local.pid),
                     _local: Some(local),
                 })
             }
         }
+    }
+
+    /// Subscribers connect to `url` from now on (`--sub-broker`).
+    async fn subscribers_at(&mut self, url: &str, args: &TargetArgs) -> anyhow::Result<()> {
+        let dial = wire::Dial::url(url, &args.access.trust()?)
+            .await
+            .context("--sub-broker")?;
+        self.sub_dial = Some(dial.with_token(args.access.token.token.clone()));
+        Ok(())
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -267,8 +307,8 @@ async fn run_broker(
     bar: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
     let ep = Endpoint {
-        dial: target.dial.clone(),
-        relay: false,
+        sub_dial: target.sub_dial.clone(),
+        ..Endpoint::broker(target.dial.clone())
     };
     let mut samples: Vec<Usage> = Vec::new();
     let mut client = Vec::new();
@@ -294,8 +334,8 @@ async fn run_relay(
     bar: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
     let ep = Endpoint {
-        dial: wire::Dial::plain(relay.addr),
         relay: true,
+        ..Endpoint::broker(wire::Dial::plain(relay.addr))
     };
     let mut samples = Vec::new();
     let mut client = Vec::new();
@@ -313,6 +353,19 @@ async fn run_relay(
         _ => None,
     };
     Ok(outcome(&measured, cpu, client, None))
+}
+
+async fn run_nats(url: &str, params: &Params, bar: &ProgressBar) -> anyhow::Result<Outcome> {
+    let mut client = Vec::new();
+    let mut probe = || client.extend(client_cpu());
+    let measured = nats::run(url, params, bar, &mut probe).await?;
+    let client = match client[..] {
+        [before, after] => Some(after - before),
+        _ => None,
+    };
+    // The server is not this bench's child: its CPU is for the caller to read (see
+    // scripts/bench-cluster).
+    Ok(outcome(&measured, None, client, None))
 }
 
 /// Runs `breadboard bench`.
@@ -333,6 +386,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         payload::MIN_SIZE
     );
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(
+        a.nats.is_none() || a.baseline == Some(Baseline::Nats),
+        "--nats is the server of --baseline nats"
+    );
     let msgs = match a.rate {
         Some(rate) => {
             anyhow::ensure!(rate > 0.0, "--rate must be more than 0");
@@ -352,25 +409,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: a.rate,
         timeout: a.timeout,
     };
-    let target = Target::open(&a.target).await?;
+    let mut target = Target::open(&a.target).await?;
+    if let Some(url) = &a.sub_broker {
+        target.subscribers_at(url, &a.target).await?;
+    }
     let relay = match a.baseline {
         Some(Baseline::Relay) => Some(relay::Relay::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
             a.relay_writes,
         )?),
-        None => None,
+        Some(Baseline::Nats) | None => None,
     };
 
     let expected = msgs * a.subs as u64;
     let mut broker_runs = Vec::new();
-    let mut relay_runs = Vec::new();
+    let mut baseline_runs = Vec::new();
     for i in 1..=a.runs {
         let bar = progress_bar(expected, &format!("broker {i}/{}", a.runs), a.json);
         broker_runs.push(run_broker(&target, &params, &bar).await?);
         bar.finish_and_clear();
         if let Some(relay) = &relay {
             let bar = progress_bar(expected, &format!("relay {i}/{}", a.runs), a.json);
-            relay_runs.push(run_relay(relay, &params, &bar).await?);
+            baseline_runs.push(run_relay(relay, &params, &bar).await?);
+            bar.finish_and_clear();
+        }
+        if let Some(url) = &a.nats {
+            let bar = progress_bar(expected, &format!("nats {i}/{}", a.runs), a.json);
+            baseline_runs.push(run_nats(url, &params, &bar).await?);
             bar.finish_and_clear();
         }
     }
@@ -390,9 +455,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: a.rate,
         runs: a.runs,
         window: a.window,
-        relay_writes: a.baseline.map(|_| a.relay_writes),
+        across_brokers: a.sub_broker.is_some(),
+        baseline: a.baseline.map(Baseline::name),
+        relay_writes: (a.baseline == Some(Baseline::Relay)).then_some(a.relay_writes),
     };
-    let report = Report::new(workload, broker_runs, relay_runs);
+    let report = Report::new(workload, broker_runs, baseline_runs);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -400,9 +467,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if report.lossy() {
         anyhow::bail!(
-            "messages were lost: broker {}, relay {}",
+            "messages were lost: broker {}, {} {}",
             report.broker.lost,
-            report.relay.as_ref().map_or(0, |r| r.lost)
+            report.workload.baseline.unwrap_or("baseline"),
+            report.baseline.as_ref().map_or(0, |r| r.lost)
         );
     }
     Ok(())

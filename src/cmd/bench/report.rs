@@ -139,6 +139,10 @@ pub struct Workload {
     pub runs: usize,
     /// Most messages in flight (published, not yet received by every subscriber).
     pub window: u64,
+    /// Whether subscribers were on another broker than publishers (`--sub-broker`).
+    pub across_brokers: bool,
+    /// What the broker was compared with: `relay` or `nats`.
+    pub baseline: Option<&'static str>,
     /// How the relay writes (when there is a relay).
     pub relay_writes: Option<super::relay::Writes>,
 }
@@ -150,38 +154,38 @@ pub struct Report {
     pub workload: Workload,
     /// The broker: median over the runs.
     pub broker: Outcome,
-    /// The relay baseline: median over the runs.
-    pub relay: Option<Outcome>,
-    /// Broker delivery rate / relay delivery rate.
+    /// The baseline (`workload.baseline`): median over the runs.
+    pub baseline: Option<Outcome>,
+    /// Broker delivery rate / baseline delivery rate.
     pub ratio: Option<f64>,
     /// Every run, in order, broker first.
     pub broker_runs: Vec<Outcome>,
-    /// Every relay run.
-    pub relay_runs: Vec<Outcome>,
+    /// Every baseline run.
+    pub baseline_runs: Vec<Outcome>,
 }
 
 impl Report {
     /// Builds the report from the runs of each target.
-    pub fn new(workload: Workload, broker_runs: Vec<Outcome>, relay_runs: Vec<Outcome>) -> Self {
+    pub fn new(workload: Workload, broker_runs: Vec<Outcome>, baseline_runs: Vec<Outcome>) -> Self {
         let broker = Outcome::median_of(&broker_runs);
-        let relay = (!relay_runs.is_empty()).then(|| Outcome::median_of(&relay_runs));
-        let ratio = relay
+        let baseline = (!baseline_runs.is_empty()).then(|| Outcome::median_of(&baseline_runs));
+        let ratio = baseline
             .as_ref()
             .filter(|r| r.delivery_rate > 0.0)
             .map(|r| broker.delivery_rate / r.delivery_rate);
         Self {
             workload,
             broker,
-            relay,
+            baseline,
             ratio,
             broker_runs,
-            relay_runs,
+            baseline_runs,
         }
     }
 
     /// Whether any message was lost in any run.
     pub fn lossy(&self) -> bool {
-        self.broker.lost > 0 || self.relay.as_ref().is_some_and(|r| r.lost > 0)
+        self.broker.lost > 0 || self.baseline.as_ref().is_some_and(|r| r.lost > 0)
     }
 
     /// The table printed at the end of a run: what was run, then a row per figure.
@@ -198,25 +202,22 @@ impl Report {
         format!("{}\n{}", self.workload.title(), render(&rows))
     }
 
-    /// The columns' names; the relay's and the ratio's stay blank (and are left out) without
-    /// a relay.
+    /// The columns' names; the baseline's and the ratio's stay blank (and are left out)
+    /// without a baseline.
     fn header(&self) -> [String; 4] {
-        let if_relay = |name: &str| {
-            if self.relay.is_some() {
-                name.to_string()
-            } else {
-                String::new()
-            }
+        let broker = if self.workload.across_brokers {
+            "across brokers"
+        } else {
+            "broker"
         };
-        [
-            String::new(),
-            "broker".into(),
-            if_relay("relay"),
-            if_relay("broker/relay"),
-        ]
+        let (name, ratio) = match (self.workload.baseline, &self.baseline) {
+            (Some(name), Some(_)) => (name.to_string(), format!("broker/{name}")),
+            _ => (String::new(), String::new()),
+        };
+        [String::new(), broker.into(), name, ratio]
     }
 
-    /// One figure of the broker and of the relay, and their ratio: `-` for a value that could
+    /// One figure of the broker and of the baseline, and their ratio: `-` for a value that could
     /// not be measured, no ratio where there is nothing to divide.
     fn row(
         &self,
@@ -225,8 +226,8 @@ impl Report {
         show: fn(f64) -> String,
     ) -> [String; 4] {
         let broker = get(&self.broker);
-        let relay = self.relay.as_ref().map(get);
-        let ratio = match (broker, relay.flatten()) {
+        let baseline = self.baseline.as_ref().map(get);
+        let ratio = match (broker, baseline.flatten()) {
             (Some(b), Some(r)) if r != 0.0 => format!("{:.2}×", b / r),
             _ => String::new(),
         };
@@ -234,7 +235,7 @@ impl Report {
         [
             name.to_string(),
             show(broker),
-            relay.map(show).unwrap_or_default(),
+            baseline.map(show).unwrap_or_default(),
             ratio,
         ]
     }
@@ -244,10 +245,15 @@ impl Workload {
     /// The table's first line: what was run.
     fn title(&self) -> String {
         format!(
-            "{} {}→{}, {} msgs of {} B, {}{}, {} run(s), median",
+            "{} {}→{}{}, {} msgs of {} B, {}{}, {} run(s), median",
             self.mode,
             self.pubs,
             self.subs,
+            if self.across_brokers {
+                " across brokers"
+            } else {
+                ""
+            },
             self.msgs,
             self.size,
             self.encoding,
@@ -389,6 +395,8 @@ mod tests {
             rate: None,
             runs: 3,
             window: 100,
+            across_brokers: false,
+            baseline: Some("relay"),
             relay_writes: None,
         }
     }
@@ -432,7 +440,7 @@ mod tests {
         assert!(table.contains("2.00×"), "{table}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["broker"]["delivery_rate"], 2e6);
-        assert_eq!(json["relay_runs"].as_array().unwrap().len(), 2);
+        assert_eq!(json["baseline_runs"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -37,6 +37,10 @@ const BATCH: u64 = 64;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A run stops when no subscriber made progress for this long after publishing ended.
 const STALL: Duration = Duration::from_secs(3);
+/// Across brokers: how often a probe is published while waiting for the subscribers' interest
+/// to reach the publishers' broker, and for how long at most.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+const CROSSING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What to run the workload against.
 #[derive(Debug, Clone)]
@@ -45,6 +49,29 @@ pub struct Endpoint {
     pub dial: wire::Dial,
     /// The relay (paths `/sub` and `/pub`, no protocol) rather than a breadboard broker.
     pub relay: bool,
+    /// Where subscribers connect when not where publishers do (`--sub-broker`): another broker
+    /// of the same cluster, so that every message crosses from one broker to the other.
+    pub sub_dial: Option<wire::Dial>,
+}
+
+impl Endpoint {
+    /// A breadboard broker reached at `dial`, subscribers and publishers alike.
+    pub fn broker(dial: wire::Dial) -> Self {
+        Self {
+            dial,
+            relay: false,
+            sub_dial: None,
+        }
+    }
+
+    /// Where subscribers connect: the `--sub-broker` if there is one, else the target itself.
+    fn subscribers(&self) -> Self {
+        Self {
+            dial: self.sub_dial.clone().unwrap_or_else(|| self.dial.clone()),
+            relay: self.relay,
+            sub_dial: None,
+        }
+    }
 }
 
 /// The workload.
@@ -127,24 +154,25 @@ impl Measured {
 struct Padded(AtomicU64);
 
 /// State shared by the publishers and subscribers of one run.
-struct Shared {
+pub(super) struct Shared {
     /// Messages received so far, per subscriber.
     received: Vec<Padded>,
     /// Messages publishers have claimed the right to send so far.
     claimed: AtomicU64,
     /// Messages publishers have written so far.
-    written: AtomicU64,
-    window: u64,
+    pub(super) written: AtomicU64,
+    /// Most messages published and not yet received by every subscriber.
+    pub(super) window: u64,
     /// Publishers waiting for the window to open.
     waiting: AtomicUsize,
-    opened: Notify,
+    pub(super) opened: Notify,
     /// Time zero for stamps.
     origin: Instant,
 }
 
 impl Shared {
     /// Nothing sent or received yet; stamps count from now.
-    fn new(p: &Params) -> Self {
+    pub(super) fn new(p: &Params) -> Self {
         Self {
             received: (0..p.subs).map(|_| Padded::default()).collect(),
             claimed: AtomicU64::new(0),
@@ -156,7 +184,7 @@ impl Shared {
         }
     }
 
-    fn slowest(&self) -> u64 {
+    pub(super) fn slowest(&self) -> u64 {
         self.received
             .iter()
             .map(|r| r.0.load(SeqCst))
@@ -173,7 +201,7 @@ impl Shared {
     }
 
     /// Claims `n` more messages; returns once they fit in the window.
-    async fn claim(&self, n: u64) {
+    pub(super) async fn claim(&self, n: u64) {
         let upto = self.claimed.fetch_add(n, SeqCst) + n;
         while !self.fits(upto) {
             let opened = self.opened.notified();
@@ -197,7 +225,7 @@ impl Shared {
     }
 
     /// Subscriber `i` has received `count` messages.
-    fn progress(&self, i: usize, count: u64) {
+    pub(super) fn progress(&self, i: usize, count: u64) {
         self.received[i].0.store(count, SeqCst);
         // Waking publishers costs a lock: do it only when one waits, every 64 messages.
         if count % 64 == 0 && self.waiting.load(SeqCst) > 0 {
@@ -205,7 +233,7 @@ impl Shared {
         }
     }
 
-    fn now_ns(&self) -> u64 {
+    pub(super) fn now_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
 }
@@ -244,18 +272,19 @@ pub async fn connect_subscriber(
 }
 
 /// What a subscriber hands back when its run is over.
-struct SubscriberEnd {
-    /// Kept open until the figures are taken, so that no close disturbs the run's end.
-    conn: wire::Conn,
+pub(super) struct SubscriberEnd {
+    /// Its connection (a WebSocket, or a NATS client), kept open until the figures are taken,
+    /// so that no close disturbs the run's end.
+    pub(super) open: Box<dyn std::any::Any + Send>,
     /// What it received.
-    tally: Tally,
+    pub(super) tally: Tally,
     /// Its latencies, in latency mode.
-    latency: Option<Histogram<u64>>,
+    pub(super) latency: Option<Histogram<u64>>,
     /// When it received its last expected message (`None`: it never did).
-    done: Option<Instant>,
+    pub(super) done: Option<Instant>,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -308,7 +337,7 @@ async fn subscribe_loop(
         _ = stop.cancelled() => {}
     }
     Ok(SubscriberEnd {
-        conn,
+        open: Box::new(conn),
         tally,
         latency,
         done,
@@ -480,7 +509,7 @@ struct Publisher {
 }
 
 /// The running publishers: each ends with its index, and what it sent and when it finished.
-type Publishers = JoinSet<(u16, io::Result<(u64, Instant)>)>;
+pub(super) type Publishers = JoinSet<(u16, io::Result<(u64, Instant)>)>;
 
 impl Publisher {
     /// Sends as fast as the window allows, as a task; what the target sends back is drained.
@@ -552,29 +581,74 @@ pub async fn run(
     progress: &ProgressBar,
     probe: &mut dyn FnMut(),
 ) -> anyhow::Result<Measured> {
-    p.check()?;
-    let deadline = Instant::now() + p.timeout;
-    let stop = CancellationToken::new();
-    let _stop_on_exit = stop.clone().drop_guard();
-    let shared = Arc::new(Shared::new(p));
+    let run = Run::new(p)?;
+    let (shared, stop) = (&run.shared, &run.stop);
     let frame = frames::publish(TOPIC, p.size, p.encoding)?;
-    let sub_conns = connect_subscribers(&ep, p).await?;
-    let pub_conns = connect_publishers(&ep, p.pubs).await?;
-    let subscribers = spawn_subscribers(sub_conns, &shared, p, &stop);
+    let mut sub_conns = connect_subscribers(&ep.subscribers(), p).await?;
+    let mut pub_conns = connect_publishers(&ep, p.pubs).await?;
+    if ep.sub_dial.is_some() {
+        until_crossing(&mut sub_conns, &mut pub_conns, p.encoding).await?;
+    }
+    let subscribers = spawn_subscribers(sub_conns, shared, p, stop);
 
     probe();
     let start = Instant::now();
-    let publishers = spawn_publishers(pub_conns, &frame, start, &shared, p, &stop)?;
-    let watch = Watch {
-        shared: &shared,
-        progress,
-        stop: &stop,
-        deadline,
-        start,
-    };
-    let ended = watch.until_done(publishers, subscribers).await?;
-    probe();
-    ended.measured(p, shared.written.load(SeqCst), start)
+    let publishers = spawn_publishers(pub_conns, &frame, start, shared, p, stop)?;
+    run.finish(p, start, (publishers, subscribers), progress, probe)
+        .await
+}
+
+/// One run's shared state, its stop signal and its deadline: what drives a run whatever its
+/// clients speak (breadboard's protocol here, NATS's in `super::nats`).
+pub(super) struct Run {
+    pub(super) shared: Arc<Shared>,
+    /// Cancelled when the run must stop (deadline, stall, or the run is dropped).
+    pub(super) stop: CancellationToken,
+    _stop_on_exit: tokio_util::sync::DropGuard,
+    /// The whole run, setup included, stops at this time.
+    deadline: Instant,
+}
+
+impl Run {
+    /// A run of the workload `p`, its deadline counted from now.
+    ///
+    /// # Errors
+    /// The workload cannot be run (see [`Params::check`]).
+    pub(super) fn new(p: &Params) -> anyhow::Result<Self> {
+        p.check()?;
+        let stop = CancellationToken::new();
+        Ok(Self {
+            shared: Arc::new(Shared::new(p)),
+            _stop_on_exit: stop.clone().drop_guard(),
+            stop,
+            deadline: Instant::now() + p.timeout,
+        })
+    }
+
+    /// Watches the run, whose publishers started at `start`, to its end; calls `probe` then,
+    /// and takes the figures.
+    ///
+    /// # Errors
+    /// A publisher panicked, a subscriber failed or panicked.
+    pub(super) async fn finish(
+        &self,
+        p: &Params,
+        start: Instant,
+        (publishers, subscribers): (Publishers, Subscribers),
+        progress: &ProgressBar,
+        probe: &mut dyn FnMut(),
+    ) -> anyhow::Result<Measured> {
+        let watch = Watch {
+            shared: &self.shared,
+            progress,
+            stop: &self.stop,
+            deadline: self.deadline,
+            start,
+        };
+        let ended = watch.until_done(publishers, subscribers).await?;
+        probe();
+        ended.measured(p, self.shared.written.load(SeqCst), start)
+    }
 }
 
 /// Connects and subscribes every subscriber, all at once: they must all be subscribed before
@@ -594,6 +668,66 @@ async fn connect_subscribers(ep: &Endpoint, p: &Params) -> anyhow::Result<Vec<wi
     Ok(conns)
 }
 
+/// Across brokers, a subscriber's `ok` says its own broker has it, not that the publishers'
+/// broker knows yet: interest travels through NATS. So, as a real client would, the first
+/// publisher sends probes (data without a stamp) until every subscriber has received one; only
+/// then does the run start. Probes still on their way are ignored by the subscribers, never
+/// counted.
+///
+/// # Errors
+/// No probe reached some subscriber within [`CROSSING_TIMEOUT`], or a connection failed.
+async fn until_crossing(
+    subs: &mut [wire::Conn],
+    pubs: &mut [wire::Conn],
+    enc: Encoding,
+) -> anyhow::Result<()> {
+    let publisher = pubs.first_mut().context("no publisher to probe with")?;
+    let probe = frames::probe(TOPIC, enc)?;
+    let started = Instant::now();
+    let received = futures_util::future::try_join_all(subs.iter_mut().map(first_probe));
+    let probing = async {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        loop {
+            tick.tick().await;
+            publisher.writer.write_all(&probe).await?;
+        }
+    };
+    tokio::time::timeout(CROSSING_TIMEOUT, async {
+        tokio::select! {
+            got = received => got.map(drop),
+            failed = probing => failed,
+        }
+    })
+    .await
+    .context("no probe crossed to the subscribers' broker in time")??;
+    tracing::debug!(took = ?started.elapsed(), "interest crossed");
+    Ok(())
+}
+
+/// Reads `conn` until a data frame (a probe) arrives, answering pings.
+async fn first_probe(conn: &mut wire::Conn) -> io::Result<()> {
+    loop {
+        let frame =
+            conn.reader.next().await?.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "closed while probing")
+            })?;
+        match frame.opcode {
+            wire::TEXT | wire::BINARY => return Ok(()),
+            wire::PING => {
+                let payload = frame.payload.to_vec();
+                wire::pong(&mut conn.writer, &payload).await?;
+            }
+            wire::CLOSE => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed while probing",
+                ))
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Connects every publisher, before any sends, so that connecting is not timed.
 async fn connect_publishers(ep: &Endpoint, pubs: usize) -> anyhow::Result<Vec<wire::Conn>> {
     let path = if ep.relay { "/pub" } else { "/" };
@@ -608,7 +742,7 @@ async fn connect_publishers(ep: &Endpoint, pubs: usize) -> anyhow::Result<Vec<wi
 }
 
 /// The running subscribers.
-type Subscribers = JoinSet<io::Result<SubscriberEnd>>;
+pub(super) type Subscribers = JoinSet<io::Result<SubscriberEnd>>;
 
 /// Starts a task per subscriber, each expecting every message published.
 fn spawn_subscribers(
@@ -802,7 +936,7 @@ fn merge(ends: Vec<SubscriberEnd>) -> anyhow::Result<(Vec<Tally>, Option<Histogr
             }
         }
         tallies.push(end.tally);
-        drop(end.conn);
+        drop(end.open);
     }
     Ok((tallies, latency))
 }

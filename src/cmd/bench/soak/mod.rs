@@ -261,10 +261,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let bar = progress_bar(args.duration, args.json);
     let done = CancellationToken::new();
     let load = async {
-        let ep = Endpoint {
-            dial: target.dial.clone(),
-            relay: false,
-        };
+        let ep = Endpoint::broker(target.dial.clone());
         let mut no_probe = || {};
         let out = tokio::join!(
             workload::run(ep, &params, &deliveries, &mut no_probe),
