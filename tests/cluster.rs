@@ -11,6 +11,17 @@ use crate::common::lan::Lan;
 use crate::common::nats::{can_run_nats, NatsCluster};
 use crate::common::Proc;
 
+/// A Python client that says `hello` as `pin-1` to the broker at `argv[1]` and prints the
+/// answer.
+const HELLO_PIN_1: &str = r#"
+import asyncio, json, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1]) as ws:
+        await ws.send(json.dumps({"op": "hello", "name": "pin-1", "kind": "pin", "id": 1}))
+        print(await ws.recv(), flush=True)
+asyncio.run(main())
+"#;
+
 /// Reads what `proc` has printed so far, without waiting.
 fn skip_lines(proc: &Proc) {
     while proc.line(Duration::from_millis(10)).is_some() {}
@@ -121,6 +132,36 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         1,
         "a retained state across brokers: {sub:?}"
     );
+
+    // A request from a client of b2 is answered by the pin, a client of another broker.
+    let reply = lan.run(
+        "b2",
+        &[
+            "req",
+            "clock/tick",
+            "99",
+            "--json",
+            "--no-mdns",
+            "--broker",
+            &url("b2"),
+        ],
+        Duration::from_secs(20),
+    );
+    let reply: serde_json::Value = serde_json::from_str(reply.trim()).expect("req --json");
+    assert_eq!(reply["from"], "pin-1", "{reply}");
+    assert!(reply["data"].is_array(), "the pin's bits: {reply}");
+
+    // The pin's name is taken on every broker: a second `pin-1`, from any host, through any
+    // broker (the pin's own, or another of the cluster), gets `name_taken`.
+    for host in ["b1", "b2", "b3"] {
+        let hello = lan.spawn(host, "python3", &["-c", HELLO_PIN_1, &url(host)]);
+        let answer = hello.line(limit).expect("the broker answers the hello");
+        let answer: serde_json::Value = serde_json::from_str(&answer).expect("a JSON frame");
+        assert_eq!(
+            answer["code"], "name_taken",
+            "a second pin-1 via {host}: {answer}"
+        );
+    }
 
     // The pin's broker killed with SIGKILL: the pin turns offline on the other brokers within
     // seconds (broker heartbeats, not mDNS's 120 s), or straight online on another broker if
