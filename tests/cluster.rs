@@ -69,6 +69,7 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         })
         .collect();
     let url = |host: &str| format!("ws://{}:8765", lan.addr(host));
+    let brokers_started = Instant::now();
 
     // Each node on a broker of its own, found over mDNS: the pin prefers b1, the buzzer b2, the
     // clock b3; a node whose broker is gone moves to another one of the cluster.
@@ -79,6 +80,41 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         all.extend_from_slice(&["--prefer-broker", host]);
         lan.start(host, &all)
     };
+    // Names are the cluster's once each broker has the names bucket open (at the very start a
+    // `hello` waits up to 2 s for it, then takes the name on its broker alone).
+    for host in ["b1", "b2", "b3"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let topic = format!("$SYS/brokers/{host}");
+        loop {
+            let args = [
+                "sub",
+                &topic,
+                "-n",
+                "1",
+                "--timeout",
+                "2",
+                "--json",
+                "--no-mdns",
+            ];
+            let broker = url(host);
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--broker", &broker]);
+            let out = lan.start(host, &all).line(Duration::from_secs(5));
+            if out.is_some_and(|line| line.contains("\"names\":\"cluster\"")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} never opened the names bucket"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!(
+        "names cluster-wide on every broker {:?} after they started",
+        brokers_started.elapsed()
+    );
+
     // On each broker, a watcher of the pin's presence, from before it starts: it sees each
     // change live, as it crosses the cluster.
     let watchers: Vec<Proc> = ["b1", "b2", "b3"]
@@ -163,7 +199,19 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         );
     }
 
-    // The pin's broker killed with SIGKILL: the pin turns offline on the other brokers within
+    // One NATS server killed: the brokers carry on through the others.
+    skip_lines(&clock);
+    skip_lines(&buzzer);
+    let killed = Instant::now();
+    nats.kill("n1");
+    time_to(&clock, "< pin-1: [", limit);
+    time_to(&buzzer, "bzzz (pin-1)", limit);
+    eprintln!(
+        "NATS server n1 killed to circuit resumed: {:?}",
+        killed.elapsed()
+    );
+
+    // Then the pin's broker killed with SIGKILL: the pin turns offline on the other brokers within
     // seconds (broker heartbeats, not mDNS's 120 s), or straight online on another broker if
     // it gets there first; it moves there over mDNS, takes its name back (the dead broker's
     // hold on it lapses with its heartbeats), and the circuit resumes.
@@ -216,16 +264,5 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         crashed.elapsed()
     );
 
-    // Then one NATS server killed: the brokers left carry on through the others.
-    skip_lines(&clock);
-    skip_lines(&buzzer);
-    let killed = Instant::now();
-    nats.kill("n1");
-    time_to(&clock, "< pin-1: [", limit);
-    time_to(&buzzer, "bzzz (pin-1)", limit);
-    eprintln!(
-        "NATS server n1 killed to circuit resumed: {:?}",
-        killed.elapsed()
-    );
     drop((watchers, clock, buzzer, pin, brokers));
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use proto::{Publish, SubjectSpace, TopicFilter};
 use tokio::sync::{mpsc, Notify};
 
-use super::names::{Claim, Registry};
+use super::names::{Claim, Slot, CLAIM_TIMEOUT};
 use super::retained::Pending;
 use crate::metrics::Metrics;
 
@@ -44,7 +44,7 @@ pub(crate) struct Link {
     /// Topics retained here, to be written to the cluster's bucket.
     pub(super) retained: Arc<Pending>,
     /// Names across the cluster, once its buckets are open.
-    pub(super) registry: Arc<std::sync::OnceLock<Arc<Registry>>>,
+    pub(super) registry: Arc<Slot>,
     metrics: Arc<Metrics>,
 }
 
@@ -102,7 +102,16 @@ impl Link {
     /// Takes a `hello` name cluster-wide for a client of this broker (which holds it locally
     /// already).
     pub(crate) async fn claim(&self, name: &str, kind: &str, addr: &str) -> Claim {
-        match self.registry.get() {
+        // Connected to NATS, the bucket is about to open (the broker just started, or NATS
+        // just came back): worth a moment's wait rather than a name taken alone.
+        let registry = match self.registry.get() {
+            Some(registry) => Some(registry),
+            None if self.metrics.cluster_connected.load(Relaxed) == 1 => {
+                self.registry.wait(CLAIM_TIMEOUT).await
+            }
+            None => None,
+        };
+        match registry {
             Some(registry) => registry.claim(name, kind, addr).await,
             None => Claim::Alone,
         }
@@ -110,7 +119,7 @@ impl Link {
 
     /// Gives back a name taken with [`Link::claim`] (in the background).
     pub(crate) fn release(&self, name: &str, revision: u64) {
-        if let Some(registry) = self.registry.get().cloned() {
+        if let Some(registry) = self.registry.get() {
             let name = name.to_string();
             tokio::spawn(async move { registry.release(&name, revision).await });
         }

@@ -20,7 +20,7 @@
 //! and names are taken on this broker alone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -39,7 +39,7 @@ pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a broker may be silent before it counts as dead.
 pub(super) const BROKER_TTL: Duration = Duration::from_secs(4);
 /// Longest wait for the names bucket in a `hello`; past it the broker decides alone.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait before trying to open the bucket again after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -122,6 +122,34 @@ impl Peers {
             Some(heard) => heard.at.elapsed() < BROKER_TTL,
             None => !self.listened_long_enough(),
         }
+    }
+}
+
+/// Where the registry is, once its bucket is open; a `hello` may wait a moment for it.
+#[derive(Debug)]
+pub(crate) struct Slot(tokio::sync::watch::Sender<Option<Arc<Registry>>>);
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self(tokio::sync::watch::channel(None).0)
+    }
+}
+
+impl Slot {
+    fn set(&self, registry: Arc<Registry>) {
+        self.0.send_replace(Some(registry));
+    }
+
+    /// The registry, if open.
+    pub(crate) fn get(&self) -> Option<Arc<Registry>> {
+        self.0.borrow().clone()
+    }
+
+    /// The registry, waiting up to `limit` for its bucket to open.
+    pub(crate) async fn wait(&self, limit: Duration) -> Option<Arc<Registry>> {
+        let mut rx = self.0.subscribe();
+        let opened = async { rx.wait_for(Option::is_some).await.ok()?.clone() };
+        tokio::time::timeout(limit, opened).await.ok().flatten()
     }
 }
 
@@ -256,7 +284,7 @@ pub(super) async fn run(
     cluster: String,
     me: String,
     router: Arc<Router>,
-    registry: Arc<OnceLock<Arc<Registry>>>,
+    registry: Arc<Slot>,
     shutdown: CancellationToken,
 ) {
     let peers = Arc::new(Peers {
@@ -365,7 +393,7 @@ pub(super) async fn run(
 async fn sweeper(
     peers: Arc<Peers>,
     router: Arc<Router>,
-    registry: Arc<OnceLock<Arc<Registry>>>,
+    registry: Arc<Slot>,
     due: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
@@ -490,7 +518,7 @@ async fn open_registry(
     client: Client,
     bucket: String,
     peers: Arc<Peers>,
-    registry: Arc<OnceLock<Arc<Registry>>>,
+    registry: Arc<Slot>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -498,7 +526,7 @@ async fn open_registry(
             () = shutdown.cancelled() => return,
             opened = buckets::open(&client, &bucket, "breadboard names") => match opened {
                 Ok(names) => {
-                    let _ = registry.set(Arc::new(Registry { names, peers }));
+                    registry.set(Arc::new(Registry { names, peers }));
                     tracing::info!(%bucket, "cluster: names unique across the cluster");
                     return;
                 }
