@@ -11,5 +11,6 @@ mod common;
 mod dashboard;
 mod lan;
 mod nats_cluster;
+mod peer;
 mod tls;
 mod tools;

@@ -77,6 +77,11 @@ impl Broker {
         })
     }
 
+    /// The broker's counters (connections open now, among others), shared with `/metrics`.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.router.metrics.clone()
+    }
+
     /// The auth file in force, to reload it ([`Auth::reload`], on `SIGHUP`).
     pub fn auth(&self) -> Option<&Arc<Auth>> {
         self.auth.as_ref()

@@ -45,4 +45,22 @@ impl Discovery {
         tracing::debug!(%fullname, "advertised");
         Ok(fullname)
     }
+
+    /// Stops advertising `fullname` (one of this process's records), with goodbye packets:
+    /// browsers see it leave in about a second.
+    pub async fn withdraw(&self, fullname: &str) {
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|n| n != fullname);
+        match self.daemon.unregister(fullname) {
+            Ok(status) => {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), status.recv_async())
+                        .await;
+                tracing::debug!(%fullname, "withdrawn");
+            }
+            Err(e) => tracing::debug!(%fullname, error = %e, "cannot withdraw"),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::browse::Seen;
 use crate::daemon::Discovery;
 use crate::error::Result;
-use crate::records::{Service, BROKER_TYPE};
+use crate::records::{Rank, Service, BROKER_TYPE};
 
 /// The broker a node should use, as discovery sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub struct BrokerChoice {
     /// The SHA-256 of its TLS certificate, as advertised (TXT `fp`): what a client pins when
     /// it was told no trust of its own.
     pub fingerprint: Option<[u8; 32]>,
+    /// For a broker a node hosts in peer mode (TXT `role=peer`): its election rank. `None`: a
+    /// dedicated broker, which every node prefers to any peer.
+    pub peer: Option<Rank>,
 }
 
 impl BrokerChoice {
@@ -35,6 +38,7 @@ impl BrokerChoice {
             fullname: service.fullname.clone(),
             url: service.broker_url()?,
             fingerprint: service.fingerprint(),
+            peer: service.peer_rank(),
         })
     }
 }
@@ -65,8 +69,9 @@ impl Wanted {
 }
 
 /// The broker to use among `known` (in the order they were resolved), as `wanted` says: the one
-/// named (only, or preferred while it is there), else the `current` one while it stays (with
-/// its latest records), else the first.
+/// named (only, or preferred while it is there); else a dedicated broker, the `current` one
+/// while it stays (with its latest records), else the first; else, with only peer brokers
+/// (nodes hosting one in peer mode), the best-ranked, which every node agrees on.
 pub fn pick(
     known: &[BrokerChoice],
     current: Option<&BrokerChoice>,
@@ -82,9 +87,12 @@ pub fn pick(
         }
         Wanted::Any => {}
     }
+    let mut dedicated = known.iter().filter(|c| c.peer.is_none());
     current
+        .filter(|cur| cur.peer.is_none())
         .and_then(|cur| known.iter().find(|c| c.fullname == cur.fullname))
-        .or_else(|| known.first())
+        .or_else(|| dedicated.next())
+        .or_else(|| known.iter().max_by_key(|c| c.peer))
         .cloned()
 }
 
@@ -205,6 +213,57 @@ mod tests {
         let only_b = Wanted::Only("b".into());
         assert_eq!(pick(&known, Some(&a), &only_b), Some(b.clone()));
         assert_eq!(pick(&known[..1], None, &only_b), None);
+    }
+
+    fn peer(name: &str, priority: u8, tiebreak: u64) -> BrokerChoice {
+        let ours = proto::PROTOCOL_VERSION.to_string();
+        let mut choice = BrokerChoice::of(&broker(name, &ours)).unwrap();
+        choice.peer = Some(Rank { priority, tiebreak });
+        choice
+    }
+
+    #[test]
+    fn a_dedicated_broker_wins_over_peers_and_peers_settle_on_the_best_ranked() {
+        let ours = proto::PROTOCOL_VERSION.to_string();
+        let dedicated = BrokerChoice::of(&broker("d", &ours)).unwrap();
+        let (p1, p2, p3) = (peer("p1", 100, 9), peer("p2", 100, 10), peer("p3", 50, 99));
+        let any = Wanted::Any;
+        // Peers only: the same one, whatever the order they were found in or the current.
+        for known in [
+            vec![p1.clone(), p2.clone(), p3.clone()],
+            vec![p3.clone(), p2.clone(), p1.clone()],
+        ] {
+            for current in [None, Some(&p1), Some(&p3)] {
+                assert_eq!(pick(&known, current, &any), Some(p2.clone()));
+            }
+        }
+        // A dedicated broker appears: everyone moves to it, and stays.
+        let known = vec![p1.clone(), p2.clone(), dedicated.clone()];
+        assert_eq!(pick(&known, Some(&p2), &any), Some(dedicated.clone()));
+        assert_eq!(
+            pick(&known, Some(&dedicated), &any),
+            Some(dedicated.clone())
+        );
+        // The record says which it is.
+        let mut record = broker("p9", &ours);
+        record.txt.extend(crate::records::peer_broker_txt(
+            "p9",
+            &BrokerSecurity::default(),
+            "pin-1",
+            Rank {
+                priority: 7,
+                tiebreak: 3,
+            },
+        ));
+        let choice = BrokerChoice::of(&record).unwrap();
+        assert_eq!(
+            choice.peer,
+            Some(Rank {
+                priority: 7,
+                tiebreak: 3
+            })
+        );
+        assert_eq!(BrokerChoice::of(&broker("d", &ours)).unwrap().peer, None);
     }
 
     #[test]

@@ -49,6 +49,6 @@ pub use browse::{Browser, Seen, VERIFY_TIMEOUT};
 pub use daemon::Discovery;
 pub use error::{Error, Result};
 pub use records::{
-    broker_txt, node_txt, truncate_utf8, BrokerSecurity, Service, BROKER_TYPE, MAX_INSTANCE_BYTES,
-    NODE_TYPE,
+    broker_txt, candidate_txt, node_txt, peer_broker_txt, truncate_utf8, BrokerSecurity, Rank,
+    Service, BROKER_TYPE, MAX_INSTANCE_BYTES, NODE_TYPE, PEER_TYPE,
 };

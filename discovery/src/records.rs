@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 pub const BROKER_TYPE: &str = "_breadboard._tcp.local.";
 /// The service type nodes advertise.
 pub const NODE_TYPE: &str = "_bbnode._tcp.local.";
+/// The service type of a node standing in a peer-mode election (no broker on the LAN).
+pub const PEER_TYPE: &str = "_bbpeer._tcp.local.";
 /// Longest instance name mdns-sd actually sends (a DNS label).
 pub const MAX_INSTANCE_BYTES: usize = 63;
 /// Longest value we put in a TXT entry (each `key=value` must stay under 255 bytes).
@@ -63,6 +65,19 @@ impl Service {
         decode_fingerprint(self.get("fp")?)
     }
 
+    /// For a broker hosted by a node in peer mode (TXT `role=peer`): its election rank. `None`
+    /// for a dedicated broker (`role=broker`, or no role: brokers before peer mode).
+    pub fn peer_rank(&self) -> Option<Rank> {
+        if self.get("role") != Some("peer") {
+            return None;
+        }
+        // A peer broker without a valid rank ranks lowest: it still yields to any other.
+        Some(Rank::of(self).unwrap_or(Rank {
+            priority: 0,
+            tiebreak: 0,
+        }))
+    }
+
     /// For a broker: whether it asks for credentials (TXT `auth=1`).
     pub fn auth(&self) -> bool {
         self.get("auth") == Some("1")
@@ -87,6 +102,7 @@ pub fn broker_txt(name: &str, security: &BrokerSecurity) -> Vec<(String, String)
         ("name".into(), txt_value(name)),
         ("path".into(), "/".into()),
         ("enc".into(), "json,msgpack".into()),
+        ("role".into(), "broker".into()),
     ];
     if let Some(fp) = &security.tls_fingerprint {
         txt.push(("tls".into(), "1".into()));
@@ -101,6 +117,68 @@ pub fn broker_txt(name: &str, security: &BrokerSecurity) -> Vec<(String, String)
     if security.auth {
         txt.push(("auth".into(), "1".into()));
     }
+    txt
+}
+
+/// A candidate's standing in a peer-mode election: the higher wins, priority first
+/// (`--peer-priority`), then the tie-breaker (random, drawn once per process). Every node
+/// ranks the same records the same way, so they agree on the winner with no coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    /// Higher wins.
+    pub priority: u8,
+    /// Decides between equal priorities.
+    pub tiebreak: u64,
+}
+
+impl Rank {
+    /// The TXT entries that carry it: `prio` (decimal) and `tb` (16 hex digits).
+    fn txt(&self) -> [(String, String); 2] {
+        [
+            ("prio".into(), self.priority.to_string()),
+            ("tb".into(), format!("{:016x}", self.tiebreak)),
+        ]
+    }
+
+    /// The rank a record carries, if it carries a valid one.
+    pub fn of(service: &Service) -> Option<Rank> {
+        let priority = service.get("prio")?.parse().ok()?;
+        let tb = service.get("tb")?;
+        if tb.len() != 16 {
+            return None;
+        }
+        let tiebreak = u64::from_str_radix(tb, 16).ok()?;
+        Some(Rank { priority, tiebreak })
+    }
+}
+
+/// The TXT record of a candidate in a peer-mode election ([`PEER_TYPE`]): `proto`, `name`
+/// (the node's), `prio`, `tb`.
+pub fn candidate_txt(node: &str, rank: Rank) -> Vec<(String, String)> {
+    let mut txt = vec![
+        ("proto".into(), proto::PROTOCOL_VERSION.to_string()),
+        ("name".into(), txt_value(node)),
+    ];
+    txt.extend(rank.txt());
+    txt
+}
+
+/// The TXT record of a broker a node hosts in peer mode: a broker's ([`broker_txt`]) with
+/// `role=peer`, `host` (the hosting node's name) and its election rank, by which two peer
+/// brokers that meet settle on one.
+pub fn peer_broker_txt(
+    name: &str,
+    security: &BrokerSecurity,
+    host: &str,
+    rank: Rank,
+) -> Vec<(String, String)> {
+    let mut txt: Vec<(String, String)> = broker_txt(name, security)
+        .into_iter()
+        .filter(|(k, _)| k != "role")
+        .collect();
+    txt.push(("role".into(), "peer".into()));
+    txt.push(("host".into(), txt_value(host)));
+    txt.extend(rank.txt());
     txt
 }
 

@@ -38,6 +38,7 @@ pub mod client;
 mod error;
 pub mod kinds;
 pub mod node;
+pub mod peer;
 pub mod runtime;
 
 pub use client::{

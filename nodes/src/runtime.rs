@@ -478,8 +478,14 @@ impl Runtime {
                 });
             }
             let result = tokio::select! {
+                // In this order: a broker that moved is seen even while messages or ticks keep
+                // coming (a clock whose ticks nobody answers is always due for the next one).
                 biased;
                 () = self.shutdown.cancelled() => return LoopEnd::Done,
+                () = broker.moved_from(current) => {
+                    tracing::info!(from = %url, "the broker moved");
+                    return LoopEnd::Reconnect;
+                }
                 msg = messages.recv() => match msg {
                     Some(msg) => self.hook(node.on_message(ctx, msg)).await.map(|r| ("on_message", r)),
                     None => {
@@ -488,10 +494,6 @@ impl Runtime {
                     }
                 },
                 () = tick(timer) => self.hook(node.on_timer(ctx)).await.map(|r| ("on_timer", r)),
-                () = broker.moved_from(current) => {
-                    tracing::info!(from = %url, "the broker moved");
-                    return LoopEnd::Reconnect;
-                }
             };
             match result {
                 None => return LoopEnd::Done,

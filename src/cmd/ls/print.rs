@@ -120,7 +120,11 @@ fn table(entries: &[Entry], now_ms: u64) -> String {
             let mut row = vec![
                 e.role.to_string(),
                 e.name.clone(),
-                e.kind.clone(),
+                match &e.host {
+                    // A broker a node hosts in peer mode: which node.
+                    Some(host) => format!("{} ({host})", e.kind),
+                    None => e.kind.clone(),
+                },
                 address_cell(e),
                 if broker_row {
                     "-".into()

@@ -63,6 +63,9 @@ pub struct Entry {
     /// For a broker of the cluster: how many online nodes presence puts on it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nodes: Option<usize>,
+    /// For a broker a node hosts in peer mode (kind `peer`, TXT `role=peer`): that node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Entry {
@@ -82,6 +85,7 @@ impl Entry {
             auth: None,
             names: None,
             nodes: None,
+            host: None,
         }
     }
 }
@@ -295,7 +299,10 @@ fn mdns_entry(service: &Service, first: u64) -> Entry {
         .map(ToString::to_string)
         .unwrap_or_default();
     let broker = service.service_type == discovery::BROKER_TYPE;
-    let (role, kind) = if broker {
+    let peer = broker && service.peer_rank().is_some();
+    let (role, kind) = if peer {
+        ("broker", "peer")
+    } else if broker {
         ("broker", "broker")
     } else {
         ("node", service.get("kind").unwrap_or("?"))
@@ -314,6 +321,7 @@ fn mdns_entry(service: &Service, first: u64) -> Entry {
         since_ms: first,
         online: true,
         via: "mdns".into(),
+        host: service.get("host").filter(|_| peer).map(String::from),
         fullname: Some(service.fullname.clone()),
         tls: broker.then(|| service.tls()),
         fingerprint: service

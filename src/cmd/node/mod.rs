@@ -7,11 +7,13 @@
 
 mod kinds;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{ArgMatches, Args as _, Command, FromArgMatches};
 use discovery::{Advert, Discovery};
+use nodes::peer::PeerOptions;
 use nodes::runtime::{self, BrokerSource, Config, Status};
 
 use kinds::Kind;
@@ -74,6 +76,16 @@ struct Common {
     /// (for brokers of one cluster, which are one topic space).
     #[arg(long, conflicts_with_all = ["broker", "broker_name"])]
     prefer_broker: Option<String>,
+    /// Peer mode: with no broker found over mDNS for this long, the nodes on the LAN elect one
+    /// of themselves to host it (`2`, `2s`, `500ms`).
+    #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
+    peer_after: Duration,
+    /// In a peer-mode election, a higher priority wins (0 to 255).
+    #[arg(long, default_value_t = nodes::peer::DEFAULT_PRIORITY)]
+    peer_priority: u8,
+    /// Never host a broker: wait for one.
+    #[arg(long)]
+    no_peer: bool,
     #[command(flatten)]
     mdns: super::MdnsArgs,
     #[command(flatten)]
@@ -111,14 +123,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mdns = match &common.broker {
         // Given an address, a node needs no discovery (it still advertises itself).
         Some(_) if common.mdns.no_mdns => None,
-        _ => common.mdns.start()?,
+        _ => common.mdns.start()?.map(Arc::new),
     };
+    // Peer mode's task (when it runs) holds the mDNS daemon too; it is stopped first at the end.
+    let peer_stop = shutdown.child_token();
+    let mut peer_task = None;
     let (source, choice) = match (&common.broker, &mdns) {
         (Some(url), _) => (BrokerSource::fixed(url.clone()), None),
         (None, None) => (BrokerSource::fixed(nodes::DEFAULT_BROKER), None),
         (None, Some(mdns)) => {
+            // --broker-name waits for that broker alone: no peer mode.
+            let peer = !common.no_peer && common.broker_name.is_none();
             let wanted = discovery::Wanted::from_flags(common.broker_name, common.prefer_broker);
-            let choice = discovery::follow_brokers(mdns, wanted, shutdown.clone())?;
+            let choice = if peer {
+                let options = PeerOptions {
+                    after: common.peer_after,
+                    priority: common.peer_priority,
+                };
+                let (choice, task) = nodes::peer::follow_or_host(
+                    mdns.clone(),
+                    &name,
+                    wanted,
+                    options,
+                    peer_stop.clone(),
+                )?;
+                peer_task = Some(task);
+                choice
+            } else {
+                discovery::follow_brokers(mdns, wanted, shutdown.clone())?
+            };
             (BrokerSource::discovered(choice.clone()), Some(choice))
         }
     };
@@ -158,8 +191,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
+    peer_stop.cancel();
+    if let Some(task) = peer_task {
+        let _ = task.await;
+    }
     // Goodbye packets: peers see the node leave in about a second.
-    mdns.shutdown().await;
+    match Arc::try_unwrap(mdns) {
+        Ok(mdns) => mdns.shutdown().await,
+        Err(_) => tracing::warn!("mDNS still in use at exit: no goodbye sent"),
+    }
     Ok(result?)
 }
 
