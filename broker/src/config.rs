@@ -57,6 +57,9 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsIdentity>,
     /// The NATS cluster this broker is part of; `None`: a broker on its own.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// In peer mode, the node that hosts this broker in its own process (said in
+    /// `$SYS/broker/stats` as `"role":"peer","host":<node>`).
+    pub hosted_by: Option<String>,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             allow_origins: Vec::new(),
             tls: None,
             cluster: None,
+            hosted_by: None,
         }
     }
 }

@@ -111,7 +111,13 @@ async fn serve(broker: Broker, listener: TcpListener, shutdown: CancellationToke
     tracing::info!(%addr, name = %config.name, max_connections = config.max_connections, "broker listening");
 
     if let Some(every) = config.stats_interval {
-        tracker.spawn(publish_stats(router.clone(), every, shutdown.clone()));
+        let about = about(&config);
+        tracker.spawn(publish_stats(
+            router.clone(),
+            every,
+            about,
+            shutdown.clone(),
+        ));
     }
     if let Some(ttl) = config.presence_ttl {
         tracker.spawn(forget_offline(router.clone(), ttl, shutdown.clone()));
@@ -482,7 +488,29 @@ async fn upgrade<S>(
 }
 
 /// Publishes the broker's counters on `$SYS/broker/stats` (retained) every `every`.
-async fn publish_stats(router: Arc<Router>, every: Duration, shutdown: CancellationToken) {
+/// What the stats say of the broker itself: its name and role (`broker`, or `peer` with the
+/// node that hosts it in peer mode).
+fn about(config: &Config) -> serde_json::Map<String, serde_json::Value> {
+    let mut about = serde_json::Map::new();
+    about.insert("name".into(), config.name.clone().into());
+    match &config.hosted_by {
+        Some(node) => {
+            about.insert("role".into(), "peer".into());
+            about.insert("host".into(), node.clone().into());
+        }
+        None => {
+            about.insert("role".into(), "broker".into());
+        }
+    }
+    about
+}
+
+async fn publish_stats(
+    router: Arc<Router>,
+    every: Duration,
+    about: serde_json::Map<String, serde_json::Value>,
+    shutdown: CancellationToken,
+) {
     let Ok(topic) = proto::TopicName::system(format!("{}/broker/stats", proto::SYS_PREFIX)) else {
         return;
     };
@@ -491,7 +519,10 @@ async fn publish_stats(router: Arc<Router>, every: Duration, shutdown: Cancellat
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                let data = router.metrics.to_json();
+                let mut data = router.metrics.to_json();
+                if let Some(fields) = data.as_object_mut() {
+                    fields.extend(about.clone());
+                }
                 router.publish_system(&topic, &data);
             }
         }

@@ -102,7 +102,10 @@ async fn websocket_upgrade_on_any_path() {
 
 #[tokio::test]
 async fn broker_stats_are_published_on_sys() {
-    let broker = Broker::with(|config| config.stats_interval = Some(Duration::from_millis(200)));
+    let broker = Broker::with(|config| {
+        config.stats_interval = Some(Duration::from_millis(200));
+        config.name = "b1".into();
+    });
     let mut c = Client::json(&broker.url()).await;
     c.send(json!({"op": "sub", "topic": "$SYS/broker/stats", "id": 1}))
         .await;
@@ -125,4 +128,27 @@ async fn broker_stats_are_published_on_sys() {
     assert_eq!(stats["topic"], "$SYS/broker/stats");
     assert!(stats["data"]["connections"].is_u64(), "{stats}");
     assert!(stats["data"]["errors"]["bad_topic"].is_u64(), "{stats}");
+    assert_eq!(stats["data"]["name"], "b1", "{stats}");
+    assert_eq!(stats["data"]["role"], "broker", "{stats}");
+    assert!(stats["data"].get("host").is_none(), "{stats}");
+}
+
+#[tokio::test]
+async fn a_broker_hosted_by_a_node_says_so_in_its_stats() {
+    let broker = Broker::with(|config| {
+        config.stats_interval = Some(Duration::from_millis(200));
+        config.name = "clock".into();
+        config.hosted_by = Some("clock".into());
+    });
+    let mut c = Client::json(&broker.url()).await;
+    c.send(json!({"op": "sub", "topic": "$SYS/broker/stats", "id": 1}))
+        .await;
+    let stats = loop {
+        let got = c.recv().await;
+        if got["op"] == "msg" {
+            break got;
+        }
+    };
+    assert_eq!(stats["data"]["role"], "peer", "{stats}");
+    assert_eq!(stats["data"]["host"], "clock", "{stats}");
 }

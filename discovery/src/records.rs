@@ -230,10 +230,68 @@ mod tests {
     #[test]
     fn service_types_fit_mdns_limits() {
         // mdns-sd rejects a service name over 15 bytes only through `monitor()`.
-        for ty in [BROKER_TYPE, NODE_TYPE] {
+        for ty in [BROKER_TYPE, NODE_TYPE, PEER_TYPE] {
             let name = ty.strip_suffix("._tcp.local.").unwrap();
             assert!(name.starts_with('_') && name.len() <= 16, "{ty}");
         }
+    }
+
+    fn service_with(service_type: &str, txt: Vec<(String, String)>) -> Service {
+        Service {
+            fullname: format!("x.{service_type}"),
+            service_type: service_type.into(),
+            name: "x".into(),
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            port: 1,
+            txt: txt.into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn ranks_travel_in_txt_and_order_priority_first() {
+        let rank = Rank {
+            priority: 7,
+            tiebreak: u64::MAX - 1,
+        };
+        let candidate = service_with(PEER_TYPE, candidate_txt("pin-1", rank));
+        assert_eq!(Rank::of(&candidate), Some(rank));
+        assert_eq!(candidate.get("tb"), Some("fffffffffffffffe"));
+        let host = service_with(
+            BROKER_TYPE,
+            peer_broker_txt("pin-1", &BrokerSecurity::default(), "pin-1", rank),
+        );
+        assert_eq!(host.peer_rank(), Some(rank));
+        assert_eq!(host.get("role"), Some("peer"));
+        assert_eq!(host.get("host"), Some("pin-1"));
+        // A dedicated broker, and one from before peer mode (no role), are no peers.
+        let dedicated = service_with(BROKER_TYPE, broker_txt("b", &BrokerSecurity::default()));
+        assert_eq!(dedicated.get("role"), Some("broker"));
+        assert_eq!(dedicated.peer_rank(), None);
+        assert_eq!(service_with(BROKER_TYPE, vec![]).peer_rank(), None);
+        // Bad ranks are no ranks; a peer broker with one still is a peer, ranked lowest.
+        let bad = vec![("prio".into(), "300".into()), ("tb".into(), "zz".into())];
+        assert_eq!(Rank::of(&service_with(PEER_TYPE, bad.clone())), None);
+        let mut peer_bad = bad;
+        peer_bad.push(("role".into(), "peer".into()));
+        assert_eq!(
+            service_with(BROKER_TYPE, peer_bad).peer_rank(),
+            Some(Rank {
+                priority: 0,
+                tiebreak: 0
+            })
+        );
+        // Priority first, then the tie-breaker.
+        let low_prio = Rank {
+            priority: 6,
+            tiebreak: u64::MAX,
+        };
+        assert!(rank > low_prio);
+        assert!(
+            Rank {
+                priority: 7,
+                tiebreak: u64::MAX
+            } > rank
+        );
     }
 
     #[test]

@@ -271,6 +271,7 @@ impl Peer {
     async fn host(&mut self) -> Step {
         let config = broker::Config {
             name: self.node.clone(),
+            hosted_by: Some(self.node.clone()),
             ..broker::Config::default()
         };
         let hosted = match start_broker(config).await {

@@ -370,6 +370,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_peer_broker_says_which_node_hosts_it() {
+        let mut r = Registry::default();
+        let mut peer = broker("clock", &discovery::BrokerSecurity::default());
+        let rank = discovery::Rank {
+            priority: 100,
+            tiebreak: 1,
+        };
+        peer.txt = discovery::peer_broker_txt("clock", &Default::default(), "clock", rank)
+            .into_iter()
+            .collect();
+        r.on_mdns(Seen::Up(peer));
+        r.on_mdns(Seen::Up(broker("real", &Default::default())));
+        let entries = r.entries();
+        let hosted = find(&entries, "broker", "clock");
+        assert_eq!(
+            (hosted.kind.as_str(), hosted.host.as_deref()),
+            ("peer", Some("clock"))
+        );
+        let dedicated = find(&entries, "broker", "real");
+        assert_eq!(
+            (dedicated.kind.as_str(), dedicated.host.as_deref()),
+            ("broker", None)
+        );
+    }
+
     fn find<'a>(entries: &'a [Entry], role: &str, name: &str) -> &'a Entry {
         entries
             .iter()
