@@ -634,6 +634,7 @@ mod tests {
             fullname: format!("{name}._breadboard._tcp.local."),
             url: format!("ws://127.0.0.1:{port}/"),
             fingerprint: None,
+            peer: None,
         };
         let (tx, rx) = watch::channel(Some(choice("a", 2)));
         let mut s = BrokerSource::discovered(rx);

@@ -526,3 +526,66 @@ async fn a_failed_setup_keeps_its_error_as_the_source() {
 fn bits_come_from_a_pin_tick_line() {
     assert_eq!(bits_of("[ pin-1 ] tick 3 -> [1, 0, 1]"), [1, 0, 1]);
 }
+
+/// A node whose timer is always due: each tick's hook takes longer than the period.
+struct Busy;
+
+impl Node for Busy {
+    async fn setup(&mut self, ctx: &mut Context) -> HookResult {
+        ctx.set_timer(Duration::from_millis(5));
+        Ok(())
+    }
+
+    async fn on_timer(&mut self, _ctx: &mut Context) -> HookResult {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_timer_is_always_due_still_follows_its_broker_when_it_moves() {
+    let (a, b) = (TestBroker::start().await, TestBroker::start().await);
+    let choice = |b: &TestBroker| discovery::BrokerChoice {
+        name: format!("b{}", b.port),
+        fullname: format!("b{}._breadboard._tcp.local.", b.port),
+        url: b.url.clone(),
+        fingerprint: None,
+        peer: None,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Some(choice(&a)));
+    let lines = Lines::default();
+    let shutdown = CancellationToken::new();
+    let mut handle = runtime::spawn(
+        Busy,
+        config("busy", "test", &lines),
+        BrokerSource::discovered(rx),
+        shutdown.clone(),
+    );
+    let on_a = a.url.clone();
+    timeout(
+        WAIT,
+        handle
+            .status
+            .wait_for(|s| matches!(s, Status::Online { url } if url.starts_with(&on_a))),
+    )
+    .await
+    .expect("online on A in time")
+    .expect("node alive");
+    // Let the timer get going, then move.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send_replace(Some(choice(&b)));
+    let on_b = b.url.clone();
+    timeout(
+        WAIT,
+        handle
+            .status
+            .wait_for(|s| matches!(s, Status::Online { url } if url.starts_with(&on_b))),
+    )
+    .await
+    .expect("moved to B in time, busy timer or not")
+    .expect("node alive");
+    shutdown.cancel();
+    timeout(WAIT, handle.join()).await.unwrap().unwrap();
+    a.stop().await;
+    b.stop().await;
+}
