@@ -117,16 +117,23 @@ fn across_two_clustered_brokers_nothing_is_lost_and_nats_alone_is_the_baseline()
     let report: Value = serde_json::from_str(&out).expect("the report is JSON");
     assert_eq!(report["workload"]["across_brokers"], true);
     assert_eq!(report["workload"]["baseline"], "nats");
-    for target in ["broker", "baseline"] {
-        let o = &report[target];
-        assert_eq!(o["published"], 3000, "{target}: {o}");
-        assert_eq!(
-            o["delivered"], 9000,
-            "{target}: probes are not counted: {o}"
-        );
-        assert_eq!(o["lost"], 0, "{target}: {o}");
-        assert_eq!(o["duplicates"], 0, "{target}: {o}");
-    }
+    let broker = &report["broker"];
+    assert_eq!(broker["published"], 3000, "{broker}");
+    assert_eq!(broker["delivered"], 9000, "probes are not counted: {broker}");
+    assert_eq!(broker["lost"], 0, "{broker}");
+    assert_eq!(broker["duplicates"], 0, "{broker}");
+    // NATS alone ran the same workload. Core NATS is at-most-once: on a machine this loaded
+    // (the whole suite at once) it was once seen cutting a subscriber off as slow, so its
+    // losses are reported rather than failed on; what it delivered it delivered once.
+    let nats = &report["baseline"];
+    assert_eq!(nats["published"], 3000, "{nats}");
+    assert!(nats["delivered"].as_u64().is_some_and(|d| d > 0), "{nats}");
+    assert_eq!(
+        nats["delivered"].as_u64().unwrap_or(0) + nats["lost"].as_u64().unwrap_or(0),
+        9000,
+        "{nats}"
+    );
+    assert_eq!(nats["duplicates"], 0, "{nats}");
 
     // Latency mode across the same brokers: every paced message crosses too.
     let (ok, out) = run(
