@@ -11,96 +11,16 @@
 //! (Debian's package; `scripts/test` installs it): under `CI=true` its absence is a failure,
 //! elsewhere the test skips with a visible message.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Broker, Proc, WAIT};
+use crate::common::loopback_nats::LoopbackNats;
+use crate::common::{Proc, WAIT};
 
 /// How long the cluster may take to show a state we wait for: brokers hear each other's
 /// heartbeats within a second or two, and a silent one is buried after 4 s.
 pub(crate) const CLUSTER_WAIT: Duration = Duration::from_secs(20);
-
-/// A `nats-server` on 127.0.0.1 with JetStream in a temporary directory; killed (by its PID,
-/// through its handle) when dropped.
-pub(crate) struct Nats {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl Nats {
-    /// Starts one on a port of the OS's choosing (`-p -1`, read back from its log, so no other
-    /// process can take the port between a probe and the start), or `None` after saying why
-    /// there is no `nats-server`.
-    pub(crate) fn start(test: &str) -> Option<Nats> {
-        let store = tempfile::tempdir().expect("a JetStream directory");
-        let spawned = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(store.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) => {
-                let why = format!("{test}: needs nats-server ({e}; scripts/test installs it)");
-                assert!(
-                    !std::env::var("CI").is_ok_and(|v| v == "true"),
-                    "{why}; CI=true, so this is a failure, not a skip"
-                );
-                eprintln!("SKIPPED {why}");
-                return None;
-            }
-        };
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("client connections on ") {
-                    let addr = &line[at + "client connections on ".len()..];
-                    let port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
-                    let _ = tx.send(port);
-                }
-            }
-        });
-        let port = rx.recv_timeout(WAIT).ok().flatten();
-        let nats = Nats {
-            child,
-            port: port.unwrap_or(0),
-            _store: store,
-        };
-        assert!(port.is_some(), "nats-server did not say where it listens");
-        Some(nats)
-    }
-
-    /// `nats://127.0.0.1:PORT`, what `--cluster` takes.
-    pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A broker named `name` of the cluster `test` on `nats`.
-pub(crate) fn member(nats: &Nats, name: &str) -> Broker {
-    Broker::start(&[
-        "--name",
-        name,
-        "--cluster-name",
-        "test",
-        "--cluster",
-        &nats.url(),
-    ])
-}
 
 /// `breadboard node pin --name NAME` on the broker at `url`.
 pub(crate) fn pin(name: &str, url: &str) -> Proc {
@@ -202,11 +122,11 @@ fn node_on(entries: &[Value], name: &str, broker: &str) -> bool {
 #[test]
 fn ls_shows_the_clusters_brokers_and_which_broker_each_node_is_on() {
     let test = "ls_shows_the_clusters_brokers_and_which_broker_each_node_is_on";
-    let Some(nats) = Nats::start(test) else {
+    let Some(nats) = LoopbackNats::start(test) else {
         return;
     };
-    let a = member(&nats, "a");
-    let mut b = member(&nats, "b");
+    let a = nats.broker("a");
+    let mut b = nats.broker("b");
     until_names_are_cluster_wide(&a.url());
     let _pin_1 = pin("pin-1", &a.url());
     let _pin_2 = pin("pin-2", &b.url());

@@ -211,11 +211,11 @@ async fn dashboard_shows_the_clusters_brokers() {
     let Some(exe) = chromium_or_skip() else {
         return;
     };
-    let Some(nats) = crate::cluster_view::Nats::start(test) else {
+    let Some(nats) = crate::common::loopback_nats::LoopbackNats::start(test) else {
         return;
     };
-    let a = crate::cluster_view::member(&nats, "a");
-    let mut b = crate::cluster_view::member(&nats, "b");
+    let a = nats.broker("a");
+    let mut b = nats.broker("b");
     let solo = Broker::start(&["--name", "solo"]);
     crate::cluster_view::until_names_are_cluster_wide(&a.url());
     let _pins = [
