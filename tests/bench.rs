@@ -119,7 +119,10 @@ fn across_two_clustered_brokers_nothing_is_lost_and_nats_alone_is_the_baseline()
     assert_eq!(report["workload"]["baseline"], "nats");
     let broker = &report["broker"];
     assert_eq!(broker["published"], 3000, "{broker}");
-    assert_eq!(broker["delivered"], 9000, "probes are not counted: {broker}");
+    assert_eq!(
+        broker["delivered"], 9000,
+        "probes are not counted: {broker}"
+    );
     assert_eq!(broker["lost"], 0, "{broker}");
     assert_eq!(broker["duplicates"], 0, "{broker}");
     // NATS alone ran the same workload. Core NATS is at-most-once: on a machine this loaded
