@@ -198,5 +198,27 @@ fn two_nodes_started_at_the_same_instant_end_with_one_broker() {
         "two nodes at once: one broker, {:?}, seen {took:?} after",
         seen[0].0
     );
-    drop((pin, clock));
+
+    // The host leaves gracefully (SIGTERM): its records say goodbye, and the other node hosts.
+    let host = seen[0].2.clone();
+    let (mut leaving, staying, staying_ip) = if host == "pin-1" {
+        (pin, clock, "10.77.0.2")
+    } else {
+        (clock, pin, "10.77.0.1")
+    };
+    skip_lines(&staying);
+    let left = Instant::now();
+    leaving.terminate();
+    assert!(
+        leaving.wait_exit(Duration::from_secs(10)).is_some(),
+        "the host exits on SIGTERM"
+    );
+    time_to(&staying, &format!("online at ws://{staying_ip}:"));
+    let took = left.elapsed();
+    let (seen, _) = until_brokers(&lan, "c", |b| b.len() == 1 && b[0].2 != host);
+    assert_eq!(seen[0].1, "peer", "{seen:?}");
+    eprintln!(
+        "the host left gracefully: the other node hosts, and is on its broker, {took:?} later"
+    );
+    drop(staying);
 }

@@ -160,6 +160,12 @@ fn read_user(name: String, doc: UserDoc) -> Result<User, Mistake> {
             "[{section}]: a user name must be usable as a topic level and a hello name: {e}"
         ))
     })?;
+    if name.contains('%') {
+        // `%u` in a rule stands for the name: a name with `%` in it would read as a pattern.
+        return Err(invalid(format!(
+            "[{section}]: a user name may not contain '%' (rules write the user's name as %u)"
+        )));
+    }
     if doc.tokens.is_empty() {
         return Err(invalid(format!(
             "[{section}] has no tokens: add `tokens = [...]` (make one with `breadboard passwd`)"
@@ -357,6 +363,7 @@ mod tests {
                 .contains("unknown key \"allw\"")
         );
         assert!(mistake("[users.\"a/b\"]\ntokens = [\"PHC\"]").contains("users.a/b"));
+        assert!(mistake("[users.\"no%ude\"]\ntokens = [\"PHC\"]").contains("may not contain '%'"));
         assert!(mistake("[user.a]\n").contains("unknown field"));
         assert!(
             mistake("[users.a]\ntokens = [\"PHC\"]\n[users.b]\ntokens = [\"PHC\"]")
