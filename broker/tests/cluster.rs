@@ -200,6 +200,47 @@ async fn a_request_on_one_broker_is_answered_from_another() {
 }
 
 #[tokio::test]
+async fn a_request_answered_on_its_own_broker_gets_that_answer_alone() {
+    let Some(nats) = Nats::start(0, "a_request_answered_locally") else {
+        return;
+    };
+    let a = member(&nats.url(), "a");
+    let mut responder = Client::json(&a.url()).await;
+    sub(&mut responder, "svc/echo", 1).await;
+    let mut requester = Client::json(&a.url()).await;
+    sub(&mut requester, "_inbox/me/+", 1).await;
+    // Both subscriptions in NATS (the bridge follows interest): what crosses to the inbox now
+    // would reach the requester.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.metric("breadboard_cluster_connected").await == 0.0 {
+        assert!(Instant::now() < deadline, "never connected to NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in 1..=3u64 {
+        let reply = format!("_inbox/me/{id}");
+        requester
+            .send(json!({"op": "pub", "topic": "svc/echo", "data": id, "reply": reply}))
+            .await;
+        let request = responder.recv().await;
+        assert_eq!(request["reply"], reply, "{request}");
+        publish(&mut responder, &reply, json!(id * 10), 100 + id).await;
+        let answer = requester.recv().await;
+        assert_eq!(answer["topic"], reply, "{answer}");
+        assert_eq!(
+            answer["data"],
+            json!(id * 10),
+            "the responder's answer: {answer}"
+        );
+    }
+    // Nothing else: no other broker wants `svc/echo`, and NATS's "no responders" status for
+    // the requests it carried is not a message of the inbox.
+    if let Some(msg) = requester.recv_message(Duration::from_millis(500)).await {
+        panic!("a second answer: {}", crate::harness::decode(&msg));
+    }
+}
+
+#[tokio::test]
 async fn traffic_crosses_only_where_it_is_wanted() {
     let Some(nats) = Nats::start(0, "traffic_crosses_only_where_wanted") else {
         return;

@@ -291,6 +291,12 @@ impl Bridge {
     /// Delivers a message from another broker to the local subscribers.
     fn deliver(&mut self, msg: &async_nats::Message) {
         let metrics = &self.router.metrics;
+        // A status from NATS itself, not a message: chiefly "503 no responders", which it sends
+        // to a request's reply subject when no other broker wants the request (its responder
+        // may well be on this broker).
+        if msg.status.is_some() {
+            return;
+        }
         let Ok(topic) = self.link.subjects().topic(msg.subject.as_str()) else {
             metrics.cluster_invalid.fetch_add(1, Relaxed);
             return;
