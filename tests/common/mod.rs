@@ -151,6 +151,18 @@ impl Broker {
 
     /// Starts a broker on a given loopback port (0 for any).
     pub fn start_on(port: u16, extra: &[&str]) -> Broker {
+        Self::from_proc(Proc::spawn(Self::command(port, extra)))
+    }
+
+    /// Starts a broker as [`Broker::start`] does, with `env` set for it.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Broker {
+        let mut cmd = Self::command(0, extra);
+        cmd.envs(env.iter().copied());
+        Self::from_proc(Proc::spawn(cmd))
+    }
+
+    /// `breadboard broker -s 127.0.0.1 -p PORT --no-mdns [--in-memory] <extra>`.
+    fn command(port: u16, extra: &[&str]) -> Command {
         let port = port.to_string();
         let mut args = vec!["broker", "-s", "127.0.0.1", "-p", &port, "--no-mdns"];
         // Nothing on disk unless the test gives a data directory of its own.
@@ -158,8 +170,9 @@ impl Broker {
             args.push("--in-memory");
         }
         args.extend_from_slice(extra);
-        let proc = Proc::start(&args);
-        Self::from_proc(proc)
+        let mut cmd = Command::new(bin());
+        cmd.args(&args).env("BREADBOARD_NO_MDNS", "1");
+        cmd
     }
 
     /// Reads the start line of a broker already started (`listening on ws://ADDR` or
