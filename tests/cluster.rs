@@ -22,24 +22,6 @@ async def main():
 asyncio.run(main())
 "#;
 
-/// Reads what `proc` has printed so far, without waiting.
-fn skip_lines(proc: &Proc) {
-    while proc.line(Duration::from_millis(10)).is_some() {}
-}
-
-/// Waits (up to `limit`) for a line of `proc` containing `needle`; how long it took.
-fn time_to(proc: &Proc, needle: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    while let Some(left) = limit.checked_sub(started.elapsed()) {
-        match proc.line(left) {
-            Some(line) if line.contains(needle) => return started.elapsed(),
-            Some(_) => {}
-            None => break,
-        }
-    }
-    panic!("no line containing {needle:?} within {limit:?}");
-}
-
 #[test]
 fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
     let test = "the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster";
@@ -139,8 +121,8 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         &["clock", "--name", "clock", "--tacks", "0", "--delay", "0.2"],
     );
     let limit = Duration::from_secs(30);
-    time_to(&clock, "< pin-1: [", limit);
-    time_to(&buzzer, "bzzz (pin-1)", limit);
+    clock.time_to("< pin-1: [", limit);
+    buzzer.time_to("bzzz (pin-1)", limit);
     eprintln!(
         "nodes started to circuit working across three brokers: {:?}",
         started.elapsed()
@@ -200,12 +182,12 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
     }
 
     // One NATS server killed: the brokers carry on through the others.
-    skip_lines(&clock);
-    skip_lines(&buzzer);
+    clock.skip_lines();
+    buzzer.skip_lines();
     let killed = Instant::now();
     nats.kill("n1");
-    time_to(&clock, "< pin-1: [", limit);
-    time_to(&buzzer, "bzzz (pin-1)", limit);
+    clock.time_to("< pin-1: [", limit);
+    buzzer.time_to("bzzz (pin-1)", limit);
     eprintln!(
         "NATS server n1 killed to circuit resumed: {:?}",
         killed.elapsed()
@@ -233,9 +215,9 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         .position(|b| *b == on)
         .expect("one of the three brokers");
     let watch = &watchers[(killed_at + 1) % 3];
-    skip_lines(watch);
-    skip_lines(&clock);
-    skip_lines(&buzzer);
+    watch.skip_lines();
+    clock.skip_lines();
+    buzzer.skip_lines();
     let crashed = Instant::now();
     brokers[killed_at]
         .child
@@ -256,8 +238,8 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
             break crashed.elapsed();
         }
     };
-    time_to(&clock, "< pin-1: [", limit);
-    time_to(&buzzer, "bzzz (pin-1)", limit);
+    clock.time_to("< pin-1: [", limit);
+    buzzer.time_to("bzzz (pin-1)", limit);
     eprintln!(
         "broker {on} SIGKILLed: its pin offline elsewhere after {offline:?}, online on another \
          broker after {moved:?}, circuit resumed after {:?}",

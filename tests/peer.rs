@@ -60,24 +60,6 @@ fn until_brokers(
     }
 }
 
-/// Drops the lines `proc` printed so far.
-fn skip_lines(proc: &Proc) {
-    while proc.line(Duration::from_millis(1)).is_some() {}
-}
-
-/// Waits (up to [`LIMIT`]) for a line of `proc` containing `needle`.
-fn time_to(proc: &Proc, needle: &str) -> Duration {
-    let started = Instant::now();
-    while let Some(left) = LIMIT.checked_sub(started.elapsed()) {
-        match proc.line(left) {
-            Some(line) if line.contains(needle) => return started.elapsed(),
-            Some(_) => {}
-            None => break,
-        }
-    }
-    panic!("no line containing {needle:?} within {LIMIT:?}");
-}
-
 fn node(lan: &Lan, host: &str, args: &[&str]) -> Proc {
     let mut all = vec!["node"];
     all.extend_from_slice(args);
@@ -104,8 +86,8 @@ fn with_no_broker_the_nodes_host_one_and_give_way_to_a_real_one() {
     let pin = node(&lan, "a", PIN);
     let mut buzzer = node(&lan, "b", BUZZER);
     let clock = node(&lan, "c", CLOCK);
-    time_to(&clock, "< pin-1: [");
-    time_to(&buzzer, "bzzz (pin-1)");
+    clock.time_to("< pin-1: [", LIMIT);
+    buzzer.time_to("bzzz (pin-1)", LIMIT);
     let working = started.elapsed();
     let (seen, _) = until_brokers(&lan, "d", |b| !b.is_empty());
     assert_eq!(
@@ -117,11 +99,11 @@ fn with_no_broker_the_nodes_host_one_and_give_way_to_a_real_one() {
 
     // The host killed with SIGKILL: the pin and the clock elect one of themselves and the
     // ticks are acknowledged again.
-    skip_lines(&clock);
+    clock.skip_lines();
     let killed = Instant::now();
     buzzer.child.kill().expect("SIGKILL the hosting node");
     let _ = buzzer.child.wait();
-    time_to(&clock, "< pin-1: [");
+    clock.time_to("< pin-1: [", LIMIT);
     let resumed = killed.elapsed();
     let (seen, _) = until_brokers(&lan, "d", |b| b.len() == 1 && b[0].0 != "buzzer");
     let new_host = seen[0].0.clone();
@@ -134,7 +116,7 @@ fn with_no_broker_the_nodes_host_one_and_give_way_to_a_real_one() {
     // The buzzer back (still with the highest priority): it joins the broker it finds and
     // hosts none of its own.
     let buzzer = node(&lan, "b", BUZZER);
-    time_to(&buzzer, "bzzz (pin-1)");
+    buzzer.time_to("bzzz (pin-1)", LIMIT);
     // Long enough for a broker of its own to have been advertised, had it started one.
     std::thread::sleep(Duration::from_secs(4));
     let (seen, _) = until_brokers(&lan, "d", |b| !b.is_empty());
@@ -143,9 +125,9 @@ fn with_no_broker_the_nodes_host_one_and_give_way_to_a_real_one() {
 
     // A dedicated broker on the fourth host: every node moves to it, the peer broker's
     // advertisement goes away.
-    skip_lines(&pin);
-    skip_lines(&clock);
-    skip_lines(&buzzer);
+    pin.skip_lines();
+    clock.skip_lines();
+    buzzer.skip_lines();
     let dedicated = Instant::now();
     let broker = lan.start("d", &["broker", "--name", "real", "--in-memory"]);
     broker.expect_line("listening on ws://");
@@ -153,7 +135,7 @@ fn with_no_broker_the_nodes_host_one_and_give_way_to_a_real_one() {
     let each: Vec<Duration> = [&pin, &clock, &buzzer]
         .iter()
         .map(|proc| {
-            time_to(proc, url);
+            proc.time_to(url, LIMIT);
             dedicated.elapsed()
         })
         .collect();
@@ -165,8 +147,8 @@ fn with_no_broker_the_nodes_host_one_and_give_way_to_a_real_one() {
         vec![("real".into(), "broker".into(), String::new())],
         "only the dedicated broker is left"
     );
-    time_to(&clock, "< pin-1: [");
-    time_to(&buzzer, "bzzz (pin-1)");
+    clock.time_to("< pin-1: [", LIMIT);
+    buzzer.time_to("bzzz (pin-1)", LIMIT);
     eprintln!(
         "dedicated broker started: every node on it after {moved:?}, the peer broker gone \
          {gone:?} later"
@@ -186,7 +168,7 @@ fn two_nodes_started_at_the_same_instant_end_with_one_broker() {
     // two peer brokers resolve to one.
     let pin = node(&lan, "a", PIN);
     let clock = node(&lan, "b", CLOCK);
-    time_to(&clock, "< pin-1: [");
+    clock.time_to("< pin-1: [", LIMIT);
     let (seen, took) = until_brokers(&lan, "c", |b| b.len() == 1);
     assert_eq!(seen[0].1, "peer", "{seen:?}");
     assert!(["pin-1", "clock"].contains(&seen[0].2.as_str()), "{seen:?}");
@@ -206,14 +188,14 @@ fn two_nodes_started_at_the_same_instant_end_with_one_broker() {
     } else {
         (clock, pin, "10.77.0.1")
     };
-    skip_lines(&staying);
+    staying.skip_lines();
     let left = Instant::now();
     leaving.terminate();
     assert!(
         leaving.wait_exit(Duration::from_secs(10)).is_some(),
         "the host exits on SIGTERM"
     );
-    time_to(&staying, &format!("online at ws://{staying_ip}:"));
+    staying.time_to(&format!("online at ws://{staying_ip}:"), LIMIT);
     let took = left.elapsed();
     let (seen, _) = until_brokers(&lan, "c", |b| b.len() == 1 && b[0].2 != host);
     assert_eq!(seen[0].1, "peer", "{seen:?}");

@@ -61,6 +61,24 @@ impl Proc {
         Proc { child, lines }
     }
 
+    /// Drops the lines printed so far, without waiting.
+    pub fn skip_lines(&self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+
+    /// Waits (up to `limit`) for a line containing `needle`; returns how long it took.
+    pub fn time_to(&self, needle: &str, limit: std::time::Duration) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        while let Some(left) = limit.checked_sub(started.elapsed()) {
+            match self.line(left) {
+                Some(line) if line.contains(needle) => return started.elapsed(),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        panic!("no line containing {needle:?} within {limit:?}");
+    }
+
     /// The next stdout line, or `None` after `wait` (or when the process closed stdout).
     pub fn line(&self, wait: Duration) -> Option<String> {
         self.lines.recv_timeout(wait).ok()
