@@ -167,6 +167,9 @@ async fn messages_cross_once_and_in_order_to_the_broker_that_wants_them() {
     assert_eq!(a.metric("breadboard_cluster_connected").await, 1.0);
 }
 
+/// As `breadboard req` and every request helper do: subscribe to a fresh inbox and publish the
+/// request at once, without waiting for anything. The answer, published once, must come back
+/// across brokers: the inbox's NATS subscription goes out before the request does.
 #[tokio::test]
 async fn a_request_on_one_broker_is_answered_from_another() {
     let Some(nats) = Nats::start(0, "a_request_is_answered_across") else {
@@ -176,27 +179,35 @@ async fn a_request_on_one_broker_is_answered_from_another() {
     let mut responder = Client::json(&b.url()).await;
     sub(&mut responder, "clock/tick", 1).await;
     let mut requester = Client::json(&a.url()).await;
-    sub(&mut requester, "_inbox/me/+", 1).await;
     let mut probe = Client::json(&a.url()).await;
     until_crossing(&mut probe, &mut responder, "clock/tick").await;
 
-    requester
-        .send(json!({"op": "pub", "topic": "clock/tick", "data": 7, "reply": "_inbox/me/1"}))
-        .await;
-    let request = responder.recv().await;
-    assert_eq!(request["reply"], "_inbox/me/1", "{request}");
-    // The requester's inbox interest must have reached B's side too.
-    let mut answered = None;
-    for i in 0..50 {
-        publish(&mut responder, "_inbox/me/1", json!([0, 1, 0]), 10 + i).await;
-        if let Some(msg) = requester.recv_message(Duration::from_millis(100)).await {
-            answered = Some(crate::harness::decode(&msg));
-            break;
-        }
+    for i in 0..20u64 {
+        let inbox = format!("_inbox/r{i}/+");
+        let reply = format!("_inbox/r{i}/1");
+        requester
+            .send(json!({"op": "sub", "topic": inbox, "id": 1}))
+            .await;
+        requester
+            .send(json!({"op": "pub", "topic": "clock/tick", "data": i, "reply": reply}))
+            .await;
+        let request = responder.recv().await;
+        assert_eq!(request["reply"], reply, "{request}");
+        publish(&mut responder, &reply, json!([0, 1, 0]), 10 + i).await;
+        let answer = loop {
+            let msg = requester
+                .recv_message(Duration::from_secs(3))
+                .await
+                .unwrap_or_else(|| panic!("request {i}: no answer across brokers in 3 s"));
+            let got = crate::harness::decode(&msg);
+            if got["op"] == "msg" {
+                break got;
+            }
+        };
+        assert_eq!(answer["topic"], reply, "request {i}");
+        assert_eq!(answer["data"], json!([0, 1, 0]), "request {i}");
+        requester.send(json!({"op": "unsub", "topic": inbox})).await;
     }
-    let answer = answered.expect("an answer across brokers");
-    assert_eq!(answer["topic"], "_inbox/me/1");
-    assert_eq!(answer["data"], json!([0, 1, 0]));
 }
 
 #[tokio::test]
@@ -555,4 +566,126 @@ async fn a_dead_brokers_clients_turn_offline_everywhere_within_seconds() {
     let entry = names.get("pin-9").await.expect("the bucket answers");
     let held: Value = serde_json::from_slice(&entry.expect("held")).expect("JSON");
     assert_eq!(held["broker"], "b", "{held}");
+}
+
+/// What a client sent to [`RecordingNats`], a line per command: `SUB <subject> <sid>`,
+/// `HPUB <subject> [reply] <header len> <total len>` (payloads are read and dropped).
+type Commands = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Just enough of a NATS server to record what a broker sends, in order: INFO, PONG to every
+/// PING, and nothing else (no JetStream: the broker's buckets stay unanswered, which it logs
+/// and retries). Stops with the test's runtime.
+async fn recording_nats() -> (String, Commands) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the recording server");
+    let url = format!("nats://{}", listener.local_addr().expect("its address"));
+    let commands = Commands::default();
+    let recorded = commands.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let info = r#"INFO {"server_id":"recorder","server_name":"recorder","version":"2.10.0","proto":1,"headers":true,"max_payload":1048576,"host":"127.0.0.1","port":4222}"#;
+                if write
+                    .write_all(format!("{info}\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut read = tokio::io::BufReader::new(read);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match read.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let command = line.trim_end().to_string();
+                    let mut words = command.split_whitespace();
+                    match words.next() {
+                        // A failed write shows as the next read's end.
+                        Some("PING") => {
+                            let _ = write.write_all(b"PONG\r\n").await;
+                        }
+                        Some("PUB" | "HPUB") => {
+                            let total: usize = command
+                                .split_whitespace()
+                                .last()
+                                .and_then(|n| n.parse().ok())
+                                .expect("a payload length");
+                            let mut payload = vec![0; total + 2];
+                            if read.read_exact(&mut payload).await.is_err() {
+                                return;
+                            }
+                            recorded.lock().expect("commands").push(command);
+                        }
+                        Some("SUB" | "UNSUB") => recorded.lock().expect("commands").push(command),
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (url, commands)
+}
+
+/// The order on the wire, which no timing can show: a client's inbox subscription reaches NATS
+/// before the request it then publishes, each of 20 times, even with the two frames sent back
+/// to back. In a cluster of NATS servers, a request that overtakes its inbox's subscription
+/// gets its answer dropped by a server that does not know the inbox yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_subscription_reaches_nats_before_the_request_after_it() {
+    let (url, commands) = recording_nats().await;
+    let a = member(&url, "a");
+    let mut requester = Client::json(&a.url()).await;
+    let deadline = Instant::now() + WAIT;
+    while a.metric("breadboard_cluster_connected").await == 0.0 {
+        assert!(Instant::now() < deadline, "never connected to the recorder");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..20u64 {
+        requester
+            .send(json!({"op": "sub", "topic": format!("_inbox/r{i}/+")}))
+            .await;
+        requester
+            .send(json!({"op": "pub", "topic": "svc/x", "data": i, "reply": format!("_inbox/r{i}/1")}))
+            .await;
+    }
+    let got = requester.call(json!({"op": "ping", "id": 1})).await;
+    assert_eq!(got, json!({"op": "pong", "id": 1}));
+    let position = |wanted: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(at) = commands
+                .lock()
+                .expect("commands")
+                .iter()
+                .position(|c| wanted(c))
+            {
+                return at;
+            }
+            assert!(Instant::now() < deadline, "never sent to NATS");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for i in 0..20u64 {
+        let inbox = format!(".r{i}.");
+        let sub_at = position(&|c: &str| c.starts_with("SUB ") && c.contains(&inbox));
+        let pub_at = position(&|c: &str| {
+            c.starts_with("HPUB ")
+                && c.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|r| r.contains(&inbox))
+        });
+        assert!(
+            sub_at < pub_at,
+            "request {i} went to NATS (command {pub_at}) before its inbox's subscription \
+             (command {sub_at}):\n{}",
+            commands.lock().expect("commands").join("\n")
+        );
+    }
 }

@@ -127,8 +127,15 @@ pub(super) async fn run(
         dedupe: Dedupe::default(),
     };
     loop {
+        // Interest before outgoing messages: a client that subscribes to its inbox and then
+        // publishes a request must have that subscription in NATS before the request leaves,
+        // or the answer can come back to a server that does not yet know anyone wants it.
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
+            () = bridge.link.interest_changed.notified() => {
+                bridge.reconcile(&inbound_tx, &tracker).await;
+            }
             Some(out) = outgoing_rx.recv() => {
                 bridge.publish(out).await;
                 for _ in 1..PUBLISH_BATCH {
@@ -137,9 +144,6 @@ pub(super) async fn run(
                         Err(_) => break,
                     }
                 }
-            }
-            () = bridge.link.interest_changed.notified() => {
-                bridge.reconcile(&inbound_tx, &tracker);
             }
             Some(Inbound(msg)) = inbound_rx.recv() => {
                 bridge.deliver(&msg);
@@ -239,8 +243,10 @@ impl Bridge {
         n.is_power_of_two().then_some(n)
     }
 
-    /// Subscribes in NATS to the filters local clients hold now, and drops the others.
-    fn reconcile(&mut self, inbound_tx: &mpsc::Sender<Inbound>, tracker: &TaskTracker) {
+    /// Subscribes in NATS to the filters local clients hold now, and drops the others. The
+    /// subscriptions are sent here, on the client's one command queue, so that they reach NATS
+    /// before anything this task publishes after them.
+    async fn reconcile(&mut self, inbound_tx: &mpsc::Sender<Inbound>, tracker: &TaskTracker) {
         let wanted = self.link.wanted();
         self.subscriptions.retain(|filter, cancel| {
             let keep = wanted.contains(filter);
@@ -254,18 +260,16 @@ impl Bridge {
                 continue;
             }
             let cancel = CancellationToken::new();
-            let subjects: Vec<String> = self
-                .link
-                .subjects()
-                .filter_subjects(&filter)
-                .into_iter()
-                .collect();
-            tracker.spawn(subscription(
-                self.client.clone(),
-                subjects,
-                inbound_tx.clone(),
-                cancel.clone(),
-            ));
+            let mut subscribers = Vec::new();
+            for subject in self.link.subjects().filter_subjects(&filter) {
+                match self.client.subscribe(subject.clone()).await {
+                    Ok(sub) => subscribers.push(sub),
+                    Err(e) => {
+                        tracing::warn!(%subject, error = %e, "cluster: cannot subscribe in NATS");
+                    }
+                }
+            }
+            tracker.spawn(forward(subscribers, inbound_tx.clone(), cancel.clone()));
             self.subscriptions.insert(filter, cancel);
         }
         let patterns: Vec<String> = self
@@ -331,21 +335,13 @@ impl Bridge {
     }
 }
 
-/// One filter's NATS subscription (one or two subjects): forwards what arrives to the bridge
+/// One filter's NATS subscriptions (one or two subjects): forwards what arrives to the bridge
 /// task until cancelled (dropping a subscriber unsubscribes it).
-async fn subscription(
-    client: Client,
-    subjects: Vec<String>,
+async fn forward(
+    subscribers: Vec<async_nats::Subscriber>,
     inbound_tx: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
 ) {
-    let mut subscribers = Vec::with_capacity(subjects.len());
-    for subject in subjects {
-        match client.subscribe(subject.clone()).await {
-            Ok(sub) => subscribers.push(sub),
-            Err(e) => tracing::warn!(%subject, error = %e, "cluster: cannot subscribe in NATS"),
-        }
-    }
     let mut messages = futures_util::stream::select_all(subscribers);
     loop {
         tokio::select! {
