@@ -56,6 +56,11 @@ pub struct Metrics {
     pub cluster_duplicates: AtomicU64,
     /// Messages from NATS under the cluster's prefix that encode no topic.
     pub cluster_invalid: AtomicU64,
+    /// Names taken while the cluster could not say, put in its bucket since.
+    pub cluster_names_adopted: AtomicU64,
+    /// Clients disconnected because their name, taken while the cluster could not say, was
+    /// found held on another broker.
+    pub cluster_names_evicted: AtomicU64,
     /// `err` frames sent, by code (indexed like [`ErrorCode::ALL`]).
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -78,7 +83,7 @@ impl Metrics {
         self.errors[code_index(code)].load(Relaxed)
     }
 
-    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 22] {
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, u64); 24] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -212,6 +217,18 @@ impl Metrics {
                 "counter",
                 "Messages under the cluster prefix that encode no topic",
                 g(&self.cluster_invalid),
+            ),
+            (
+                "cluster_names_adopted_total",
+                "counter",
+                "Names taken while cut off from the cluster, put in its bucket since",
+                g(&self.cluster_names_adopted),
+            ),
+            (
+                "cluster_names_evicted_total",
+                "counter",
+                "Clients disconnected: their name, taken while cut off, was held on another broker",
+                g(&self.cluster_names_evicted),
             ),
         ]
     }

@@ -42,7 +42,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::access::Refreshed;
 use crate::auth::Access;
-use crate::cluster::Claim;
 use crate::config::Config;
 use crate::outbox::{Frame, Outbox};
 use crate::router::{RouteCache, Router};
@@ -111,8 +110,9 @@ struct Session {
     /// A `hello` waiting for its token to be checked or its name to be taken across the
     /// cluster (which take time, so they are done between frames, before the next is read).
     pending_hello: Option<PendingHello>,
-    /// The revision the name was taken at in the cluster, to give it back.
-    cluster_claim: Option<u64>,
+    /// Cancelled if the cluster finds the name held on another broker (taken here while the
+    /// cluster could not say): the client is then disconnected.
+    eviction: Option<CancellationToken>,
 }
 
 /// A `hello` whose token is still to be checked, or whose name is to be taken cluster-wide.
@@ -156,7 +156,7 @@ pub(crate) async fn serve<S>(
         routes: RouteCache::default(),
         access,
         pending_hello: None,
-        cluster_claim: None,
+        eviction: None,
     };
     let ending = session.run(&mut ws, &mut writer, &shutdown).await;
     tracing::debug!(client = id, %peer, reason = ending.reason, "disconnected");
@@ -284,6 +284,8 @@ enum Event {
     Ping,
     /// The auth file was reloaded.
     Reload,
+    /// The cluster found this client's name held on another broker.
+    Evicted,
     /// The socket gave a frame, an error or its end.
     Frame(Option<Result<WsMessage, WsError>>),
 }
@@ -317,11 +319,18 @@ impl Session {
             .access
             .replaced()
             .map(|t| Box::pin(t.cancelled_owned()));
+        // Once named in a cluster.
+        let mut evicted = None;
         loop {
             let event = poll_fn(|cx| {
                 if let Some(reload) = &mut replaced {
                     if reload.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Event::Reload);
+                    }
+                }
+                if let Some(evicted) = &mut evicted {
+                    if Future::poll(Pin::as_mut(evicted), cx).is_ready() {
+                        return Poll::Ready(Event::Evicted);
                     }
                 }
                 if shutdown.as_mut().poll(cx).is_ready() {
@@ -359,6 +368,19 @@ impl Session {
                         .access
                         .replaced()
                         .map(|t| Box::pin(t.cancelled_owned()));
+                }
+                Event::Evicted => {
+                    if let Some((name, _)) = &self.name {
+                        self.reply_err(&FrameError::new(
+                            None,
+                            ErrorCode::NameTaken,
+                            format!(
+                                "{name:?} is held by a client of another broker of the cluster \
+                                 (this broker took it while cut off from the cluster)"
+                            ),
+                        ));
+                    }
+                    return Ending::close(CloseCode::Policy, "name held on another broker");
                 }
                 Event::Ping => {
                     let silent = last_seen.elapsed();
@@ -401,6 +423,9 @@ impl Session {
                         }
                     }
                     self.add_tally();
+                    if evicted.is_none() {
+                        evicted = self.eviction.clone().map(|t| Box::pin(t.cancelled_owned()));
+                    }
                 }
             }
         }
@@ -651,10 +676,10 @@ impl Session {
                 self.router.release_name(&name, self.id);
                 return Err(Some(Ending::close(CloseCode::Away, "broker shutting down")));
             }
-            claim = link.claim(&name, &shown_kind, &addr) => claim,
+            claim = link.claim(&name, &shown_kind, &addr, self.id) => claim,
         };
         match claim {
-            Claim::Held => {
+            None => {
                 self.router.release_name(&name, self.id);
                 self.reply_err(&FrameError::new(
                     id,
@@ -663,11 +688,10 @@ impl Session {
                 ));
                 Err(None)
             }
-            Claim::Taken(revision) => {
-                self.cluster_claim = Some(revision);
+            Some(eviction) => {
+                self.eviction = Some(eviction);
                 Ok(self.announce(name, kind, id))
             }
-            Claim::Alone => Ok(self.announce(name, kind, id)),
         }
     }
 
@@ -773,13 +797,16 @@ impl Session {
         self.filters.clear();
         if let Some((name, kind)) = self.name.take() {
             // Offline first, then free the name: a newcomer can only take the name (and
-            // publish itself online) after our last word on it.
-            self.router
-                .publish_presence(&name, &kind, false, &self.peer.to_string());
+            // publish itself online) after our last word on it. Evicted, the name is another
+            // broker's client's, online: not ours to turn offline.
+            let evicted = self.eviction.take().is_some_and(|t| t.is_cancelled());
+            if !evicted {
+                self.router
+                    .publish_presence(&name, &kind, false, &self.peer.to_string());
+            }
             self.router.release_name(&name, self.id);
-            if let (Some(revision), Some(link)) = (self.cluster_claim.take(), self.router.cluster())
-            {
-                link.release(&name, revision);
+            if let Some(link) = self.router.cluster() {
+                link.release(&name, self.id);
             }
         }
     }

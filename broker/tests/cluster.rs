@@ -459,6 +459,129 @@ async fn a_name_is_unique_across_the_cluster_and_free_again_once_its_holder_leav
     }
 }
 
+/// Names taken while NATS was away join the bucket once it is back: a name one broker took
+/// alone becomes unique cluster-wide, and of two clients that took one name on two brokers
+/// meanwhile, one keeps it and the other is told `name_taken` and disconnected (1008), the
+/// name staying online, on the keeper's broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_taken_while_nats_was_away_join_the_cluster_when_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("nats://127.0.0.1:{port}");
+    let (a, b) = (member(&url, "a"), member(&url, "b"));
+    let mut lone = Client::json(&a.url()).await;
+    crate::harness::hello(&mut lone, "pin-7", "pin", 1).await;
+    let mut twins = [Client::json(&a.url()).await, Client::json(&b.url()).await];
+    for twin in &mut twins {
+        crate::harness::hello(twin, "pin-6", "pin", 1).await;
+    }
+
+    let Some(_nats) = Nats::start(port, "names_taken_while_nats_was_away") else {
+        return;
+    };
+    let started = Instant::now();
+    // One twin is evicted: told, then closed.
+    let mut evicted = None;
+    while evicted.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "neither pin-6 was evicted"
+        );
+        for (i, twin) in twins.iter_mut().enumerate() {
+            let Some(msg) = twin.recv_message(Duration::from_millis(100)).await else {
+                continue;
+            };
+            let got = crate::harness::decode(&msg);
+            crate::harness::assert_err(&got, None, "name_taken", &"held on another broker");
+            assert_eq!(
+                twin.wait_end(WAIT, 10).await,
+                Some(crate::harness::End::Close(Some(1008))),
+                "closed after the notice"
+            );
+            evicted = Some(i);
+            break;
+        }
+    }
+    let evicted = evicted.expect("one evicted");
+    eprintln!(
+        "a name held twice was settled {:?} after NATS came",
+        started.elapsed()
+    );
+    let (keeper_broker, keeper) = if evicted == 0 { ("b", 1) } else { ("a", 0) };
+    let got = twins[keeper].call(json!({"op": "ping", "id": 5})).await;
+    assert_eq!(got, json!({"op": "pong", "id": 5}), "the keeper stays");
+
+    // pin-6 is online, on the keeper's broker, as both brokers see it.
+    for broker in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = Client::json(&broker.url()).await;
+            let got = c
+                .call(json!({"op": "sub", "topic": "$SYS/nodes/pin-6", "id": 1}))
+                .await;
+            if got["data"]["online"] == true && got["data"]["broker"] == keeper_broker {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pin-6 on {} is not online on broker {keeper_broker}: {got}",
+                broker.url()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // pin-7, taken alone on a, is now the cluster's: b refuses it.
+    let adopted_on_a = if keeper_broker == "a" { 2.0 } else { 1.0 };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.metric("breadboard_cluster_names_adopted_total").await < adopted_on_a {
+        assert!(Instant::now() < deadline, "a never adopted pin-7");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let evicted_on = if keeper_broker == "a" { &b } else { &a };
+    assert_eq!(
+        evicted_on
+            .metric("breadboard_cluster_names_evicted_total")
+            .await,
+        1.0
+    );
+    let mut rival = Client::json(&b.url()).await;
+    let got = rival
+        .call(json!({"op": "hello", "name": "pin-7", "id": 1}))
+        .await;
+    crate::harness::assert_err(&got, Some(1), "name_taken", &"pin-7, adopted by a");
+    let got = lone.call(json!({"op": "ping", "id": 2})).await;
+    assert_eq!(got, json!({"op": "pong", "id": 2}), "pin-7's holder stays");
+}
+
+/// A name left in the bucket by this broker itself, in this run (a client's release that could
+/// not reach NATS), is stale: the broker's own clients take names locally first, so none of
+/// them holds it. The next client to ask gets it.
+#[tokio::test]
+async fn a_name_this_broker_failed_to_give_back_is_taken_again() {
+    let Some(nats) = Nats::start(0, "a_name_failed_to_give_back") else {
+        return;
+    };
+    let a = member(&nats.url(), "a");
+    let seen = until_broker(&a, "a", json!(true)).await;
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("the test connects to NATS");
+    let names = async_nats::jetstream::new(client)
+        .get_key_value("bb_test_names")
+        .await
+        .expect("a made the names bucket");
+    let holder = json!({"broker": "a", "run": seen["since"], "kind": "pin", "addr": "127.0.0.1:9"});
+    names
+        .put("pin-5", holder.to_string().into())
+        .await
+        .expect("a stale entry of a's");
+    let mut c = Client::json(&a.url()).await;
+    crate::harness::hello(&mut c, "pin-5", "pin", 1).await;
+}
+
 /// Another broker of the cluster, played by the test: it says it is alive on the heartbeat
 /// subject until told to stop, as a broker that then dies (no goodbye) would.
 async fn ghost_broker(nats: &str, name: &str) -> (async_nats::Client, CancellationToken) {

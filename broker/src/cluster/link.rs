@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use proto::{Publish, SubjectSpace, TopicFilter};
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
+use super::held::HeldNames;
 use super::names::{Claim, Slot, CLAIM_TIMEOUT};
 use super::retained::Pending;
 use crate::metrics::Metrics;
@@ -45,6 +47,8 @@ pub(crate) struct Link {
     pub(super) retained: Arc<Pending>,
     /// Names across the cluster, once its buckets are open.
     pub(super) registry: Arc<Slot>,
+    /// The names this broker's clients hold.
+    pub(super) held: Arc<HeldNames>,
     metrics: Arc<Metrics>,
 }
 
@@ -62,6 +66,7 @@ impl Link {
             interest_changed: Notify::new(),
             retained: Arc::new(Pending::default()),
             registry: Arc::default(),
+            held: Arc::default(),
             metrics,
         };
         (link, outgoing_rx)
@@ -99,9 +104,17 @@ impl Link {
         }
     }
 
-    /// Takes a `hello` name cluster-wide for a client of this broker (which holds it locally
-    /// already).
-    pub(crate) async fn claim(&self, name: &str, kind: &str, addr: &str) -> Claim {
+    /// Takes a `hello` name cluster-wide for `client` of this broker (which holds it locally
+    /// already): `None` if a live client of another broker holds it, else the token cancelled
+    /// should the client be evicted (a name taken while the cluster could not say, found
+    /// held elsewhere once it can: see `held`).
+    pub(crate) async fn claim(
+        &self,
+        name: &str,
+        kind: &str,
+        addr: &str,
+        client: u64,
+    ) -> Option<CancellationToken> {
         // Connected to NATS, the bucket is about to open (the broker just started, or NATS
         // just came back): worth a moment's wait rather than a name taken alone.
         let registry = match self.registry.get() {
@@ -111,14 +124,23 @@ impl Link {
             }
             None => None,
         };
-        match registry {
+        let claim = match registry {
             Some(registry) => registry.claim(name, kind, addr).await,
             None => Claim::Alone,
-        }
+        };
+        let revision = match claim {
+            Claim::Held => return None,
+            Claim::Taken(revision) => Some(revision),
+            Claim::Alone => None,
+        };
+        Some(self.held.hold(name, client, kind, addr, revision))
     }
 
-    /// Gives back a name taken with [`Link::claim`] (in the background).
-    pub(crate) fn release(&self, name: &str, revision: u64) {
+    /// Gives back a name `client` took with [`Link::claim`] (in the background).
+    pub(crate) fn release(&self, name: &str, client: u64) {
+        let Some(revision) = self.held.forget(name, client) else {
+            return;
+        };
         if let Some(registry) = self.registry.get() {
             let name = name.to_string();
             tokio::spawn(async move { registry.release(&name, revision).await });

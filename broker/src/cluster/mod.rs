@@ -24,11 +24,14 @@
 //! - `retained`: retained values in a JetStream key-value bucket, the local store as its cache;
 //! - `names`: `hello` names unique cluster-wide, broker heartbeats, the clients of a dead broker
 //!   turned offline everywhere;
+//! - `held`: the names this broker's clients hold, and those taken while the cluster could not
+//!   say put in the bucket once it can (or their clients evicted, if taken elsewhere meanwhile);
 //! - `buckets`: opening (or making) those buckets.
 
 mod bridge;
 mod buckets;
 mod dedupe;
+mod held;
 mod link;
 mod names;
 mod retained;
@@ -42,7 +45,6 @@ use tokio_util::task::TaskTracker;
 use crate::router::Router;
 
 pub(crate) use link::Link;
-pub(crate) use names::Claim;
 
 /// How a broker joins a cluster.
 #[derive(Debug, Clone)]
@@ -102,6 +104,12 @@ pub(crate) async fn join(
         broker_name.to_string(),
         router.clone(),
         link.registry.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(held::adopt(
+        link.held.clone(),
+        link.registry.clone(),
+        router.clone(),
         shutdown.clone(),
     ));
     tracker.spawn(bridge::run(

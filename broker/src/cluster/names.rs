@@ -190,8 +190,10 @@ impl Registry {
                     return Claim::Alone;
                 }
             }
-            // Held: by a live client, or left by a dead broker (or by this broker before a
-            // restart), which may be taken over.
+            // Held: by a live client of another broker, or left by a dead broker, or by this
+            // one (before a restart, or by a client whose release could not reach NATS: this
+            // broker's own clients hold the name locally first, so none of them holds it now),
+            // which may be taken over.
             let entry = match self.names.entry(&key).await {
                 Ok(Some(entry)) => entry,
                 // Given back meanwhile: try once more from the start.
@@ -204,7 +206,7 @@ impl Registry {
                 Err(_) => return Claim::Alone,
             };
             let live = serde_json::from_slice::<Holder>(&entry.value)
-                .map(|h| self.peers.holds(&h))
+                .map(|h| h.broker != self.peers.me && self.peers.holds(&h))
                 // A value this broker cannot read: whoever wrote it is not one of ours.
                 .unwrap_or(false);
             if live {
@@ -218,6 +220,19 @@ impl Registry {
         tokio::time::timeout(CLAIM_TIMEOUT, attempt)
             .await
             .unwrap_or(Claim::Alone)
+    }
+
+    /// Whether this broker has listened to the others long enough to tell a name held by a
+    /// live client from one left by a dead broker.
+    pub(super) fn settled(&self) -> bool {
+        self.peers.listened_long_enough()
+    }
+
+    /// Who holds `name` in the bucket: `(broker, kind, addr)`.
+    pub(super) async fn holder(&self, name: &str) -> Option<(String, String, String)> {
+        let entry = self.names.entry(&buckets::key(name)).await.ok()??;
+        let h = serde_json::from_slice::<Holder>(&entry.value).ok()?;
+        Some((h.broker, h.kind, h.addr))
     }
 
     /// Gives `name` back, if it is still held at `revision`.
