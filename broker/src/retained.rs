@@ -9,7 +9,7 @@
 //! count).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use proto::{Data, Encoding, Message, ServerFrame, TopicFilter, TopicName};
@@ -314,6 +314,57 @@ impl RetainedTree {
     }
 }
 
+/// When topics were last cleared on this broker, kept only in a cluster: there a value
+/// retained before a clearing can arrive after it (the bucket's watch lagging, this broker's
+/// own earlier write coming back), and must not bring the value back. Bounded: at
+/// [`Clearings::CAP`] entries, those older than [`Clearings::KEEP_MS`] go, and if that is not
+/// enough, all of them (an old value may then come back, as without this record).
+#[derive(Debug, Default)]
+pub struct Clearings {
+    enabled: bool,
+    at: HashMap<String, u64>,
+}
+
+impl Clearings {
+    /// Entries kept at most.
+    pub const CAP: usize = 65_536;
+    /// How long a clearing is worth remembering: far longer than any lag of the bucket.
+    pub const KEEP_MS: u64 = 10 * 60 * 1000;
+
+    /// Starts remembering (a broker that joins a cluster).
+    pub fn enable(&mut self) {
+        self.enabled = true;
+    }
+
+    /// `topic` was cleared at `ms` (unix ms).
+    pub fn record(&mut self, topic: &str, ms: u64) {
+        if !self.enabled {
+            return;
+        }
+        if self.at.len() >= Self::CAP && !self.at.contains_key(topic) {
+            let cutoff = ms.saturating_sub(Self::KEEP_MS);
+            self.at.retain(|_, at| *at > cutoff);
+            if self.at.len() >= Self::CAP {
+                self.at.clear();
+            }
+        }
+        let at = self.at.entry(topic.to_string()).or_insert(ms);
+        *at = (*at).max(ms);
+    }
+
+    /// `topic` holds a value again.
+    pub fn forget(&mut self, topic: &str) {
+        if !self.at.is_empty() {
+            self.at.remove(topic);
+        }
+    }
+
+    /// When `topic` was last cleared, if that is remembered.
+    pub fn get(&self, topic: &str) -> Option<u64> {
+        self.at.get(topic).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -436,5 +487,43 @@ mod tests {
                 .collect();
             prop_assert_eq!(found, expected);
         }
+    }
+
+    #[test]
+    fn clearings_are_kept_only_once_enabled_and_only_the_latest() {
+        let mut c = Clearings::default();
+        c.record("a/b", 10);
+        assert_eq!(c.get("a/b"), None, "not in a cluster");
+        c.enable();
+        c.record("a/b", 10);
+        c.record("a/b", 5);
+        assert_eq!(c.get("a/b"), Some(10));
+        c.forget("a/b");
+        assert_eq!(c.get("a/b"), None);
+    }
+
+    #[test]
+    fn clearings_stay_bounded() {
+        let mut c = Clearings::default();
+        c.enable();
+        let old = 1_000;
+        let now = old + Clearings::KEEP_MS + 1;
+        for i in 0..Clearings::CAP / 2 {
+            c.record(&format!("old/{i}"), old);
+        }
+        for i in 0..Clearings::CAP / 2 {
+            c.record(&format!("new/{i}"), now);
+        }
+        // Full: the next one lets the old half go.
+        c.record("one/more", now);
+        assert_eq!(c.get("old/0"), None);
+        assert_eq!(c.get("new/0"), Some(now));
+        assert_eq!(c.get("one/more"), Some(now));
+        assert_eq!(c.at.len(), Clearings::CAP / 2 + 1);
+        // Full of recent ones: all go.
+        for i in 0..Clearings::CAP {
+            c.record(&format!("recent/{i}"), now);
+        }
+        assert!(c.at.len() < Clearings::CAP);
     }
 }

@@ -24,7 +24,7 @@ use crate::cluster::Link;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{Backlogs, Frame, Outbox, Outgoing};
-use crate::retained::{Limits, Retained, RetainedFull, RetainedTree};
+use crate::retained::{Clearings, Limits, Retained, RetainedFull, RetainedTree};
 use crate::store::{self, Ack, Store};
 use crate::trie::Trie;
 
@@ -94,6 +94,8 @@ pub struct Router {
     generation: AtomicU64,
     /// Topic → last retained value, in a tree on levels.
     retained: Mutex<RetainedTree>,
+    /// When topics were last cleared, in a cluster (locked after `retained`, never before).
+    cleared: Mutex<Clearings>,
     /// `hello` names online → the id of the client holding each.
     names: DashMap<String, u64>,
     /// Counters, shared with the HTTP endpoints.
@@ -149,6 +151,7 @@ impl Router {
                 topics: config.max_retained,
                 bytes: config.max_retained_bytes,
             })),
+            cleared: Mutex::default(),
             names: DashMap::new(),
             backlogs: Backlogs::new(config.max_backlog_bytes, metrics.clone()),
             metrics,
@@ -165,7 +168,12 @@ impl Router {
 
     /// Joins the router to a cluster bridge (once).
     pub(crate) fn attach(&self, link: Arc<Link>) {
+        self.clearings().enable();
         let _ = self.cluster.set(link);
+    }
+
+    fn clearings(&self) -> std::sync::MutexGuard<'_, Clearings> {
+        self.cleared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether retained values are written to disk (and a retained `pub` with an `id` is
@@ -343,6 +351,7 @@ impl Router {
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
         let result = if p.data.is_null() {
             retained.remove(p.topic.as_str());
+            self.clearings().record(p.topic.as_str(), unix_ms());
             Ok(Kept::Cleared)
         } else {
             let (topic, data, now) = (p.topic.to_name(), p.data.to_value(), unix_ms());
@@ -355,9 +364,11 @@ impl Router {
                 (Retained::new(topic, data, from, now), Vec::new())
             };
             let value = Arc::new(value);
-            retained
-                .insert(value.clone())
-                .map(|()| Kept::Set(value, json))
+            let kept = retained.insert(value.clone());
+            if kept.is_ok() {
+                self.clearings().forget(p.topic.as_str());
+            }
+            kept.map(|()| Kept::Set(value, json))
         };
         self.metrics.retained.store(retained.len() as u64, Relaxed);
         result
@@ -385,14 +396,24 @@ impl Router {
         // Held as a publish holds it, so that a subscribe's replay sees the value or not, whole.
         let _index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cleared = self.clearings();
         let current = retained.get(topic.as_str()).map(|r| r.updated_ms());
-        if current.is_some_and(|ms| ms >= at_ms) {
+        // A value older than this broker's last word on the topic (a value, or its clearing)
+        // stays out: it was overtaken here, and the bucket is about to hear of it.
+        if current
+            .or_else(|| cleared.get(topic.as_str()))
+            .is_some_and(|ms| ms >= at_ms)
+        {
             return false;
         }
         let kept = match value {
-            None if current.is_none() => return false,
+            None if current.is_none() => {
+                cleared.record(topic.as_str(), at_ms);
+                return false;
+            }
             None => {
                 retained.remove(topic.as_str());
+                cleared.record(topic.as_str(), at_ms);
                 Kept::Cleared
             }
             Some((data, from)) => {
@@ -409,10 +430,12 @@ impl Router {
                 if retained.insert(value.clone()).is_err() {
                     return false;
                 }
+                cleared.forget(topic.as_str());
                 Kept::Set(value, json)
             }
         };
         self.metrics.retained.store(retained.len() as u64, Relaxed);
+        drop(cleared);
         drop(retained);
         self.persist(topic.as_str(), kept, None);
         true
@@ -634,6 +657,30 @@ mod tests {
             }
         }
         out
+    }
+
+    /// In a cluster, a value retained before a clearing that arrives after it (the bucket's
+    /// watch lagging, this broker's own write coming back) stays out; a newer one comes in.
+    #[test]
+    fn a_value_from_the_cluster_older_than_a_clearing_here_stays_out() {
+        let router = Router::default();
+        router.clearings().enable();
+        let t = topic("pin/p/state");
+        publish(&router, &t, json!(0), true);
+        let set_at = router.retained_value(t.as_str()).unwrap().updated_ms();
+        publish(&router, &t, Value::Null, true);
+        assert!(
+            !router.retain_from_cluster(&t, Some((json!(0), None)), set_at),
+            "the value cleared here came back"
+        );
+        assert!(router.retained_value(t.as_str()).is_none());
+        let later = unix_ms() + 1_000;
+        assert!(router.retain_from_cluster(&t, Some((json!(1), None)), later));
+        assert_eq!(router.retained_value(t.as_str()).unwrap().data(), &json!(1));
+        // A clearing from the cluster counts as well.
+        assert!(router.retain_from_cluster(&t, None, later + 1));
+        assert!(!router.retain_from_cluster(&t, Some((json!(1), None)), later));
+        assert!(router.retained_value(t.as_str()).is_none());
     }
 
     #[test]
