@@ -86,6 +86,15 @@ impl Drop for Nats {
     }
 }
 
+/// A loopback port with nothing on it, for a NATS server started later in the test, and its URL.
+fn nats_port_for_later() -> (u16, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    (port, format!("nats://127.0.0.1:{port}"))
+}
+
 fn member(url: &str, name: &str) -> Broker {
     let (url, name) = (url.to_string(), name.to_string());
     Broker::with(move |config| {
@@ -284,12 +293,7 @@ async fn traffic_crosses_only_where_it_is_wanted() {
 
 #[tokio::test]
 async fn a_broker_serves_alone_while_nats_is_down_and_joins_when_it_comes() {
-    // A port with nothing on it, for now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let url = format!("nats://127.0.0.1:{port}");
+    let (port, url) = nats_port_for_later();
     let (a, b) = (member(&url, "a"), member(&url, "b"));
     let mut local_sub = Client::json(&a.url()).await;
     sub(&mut local_sub, "x/#", 1).await;
@@ -390,11 +394,7 @@ async fn publish_retained(c: &mut Client, topic: &str, data: Value, id: u64) {
 
 #[tokio::test]
 async fn values_retained_while_nats_was_away_reach_the_cluster_when_it_returns() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let url = format!("nats://127.0.0.1:{port}");
+    let (port, url) = nats_port_for_later();
     let a = member(&url, "a");
     let mut publisher = Client::json(&a.url()).await;
     publish_retained(&mut publisher, "notes/offline", json!("kept"), 1).await;
@@ -474,11 +474,7 @@ async fn a_name_is_unique_across_the_cluster_and_free_again_once_its_holder_leav
 /// name staying online, on the keeper's broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_taken_while_nats_was_away_join_the_cluster_when_it_returns() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let url = format!("nats://127.0.0.1:{port}");
+    let (port, url) = nats_port_for_later();
     let (a, b) = (member(&url, "a"), member(&url, "b"));
     let mut lone = Client::json(&a.url()).await;
     crate::harness::hello(&mut lone, "pin-7", "pin", 1).await;
