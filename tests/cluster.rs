@@ -62,35 +62,40 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         all.extend_from_slice(&["--prefer-broker", host]);
         lan.start(host, &all)
     };
+    // Waits until the retained value of `topic` on `host`'s broker holds every one of `parts`.
+    let until_retained = |host: &str, topic: &str, parts: &[&str], what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let broker = url(host);
+        let args = [
+            "sub",
+            topic,
+            "-n",
+            "1",
+            "--timeout",
+            "2",
+            "--json",
+            "--no-mdns",
+            "--broker",
+            &broker,
+        ];
+        loop {
+            let out = lan.start(host, &args).line(Duration::from_secs(5));
+            if out.is_some_and(|line| parts.iter().all(|p| line.contains(p))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: never so on {host}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     // Names are the cluster's once each broker has the names bucket open (at the very start a
     // `hello` waits up to 2 s for it, then takes the name on its broker alone).
     for host in ["b1", "b2", "b3"] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let topic = format!("$SYS/brokers/{host}");
-        loop {
-            let args = [
-                "sub",
-                &topic,
-                "-n",
-                "1",
-                "--timeout",
-                "2",
-                "--json",
-                "--no-mdns",
-            ];
-            let broker = url(host);
-            let mut all = args.to_vec();
-            all.extend_from_slice(&["--broker", &broker]);
-            let out = lan.start(host, &all).line(Duration::from_secs(5));
-            if out.is_some_and(|line| line.contains("\"names\":\"cluster\"")) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{host} never opened the names bucket"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        until_retained(
+            host,
+            &format!("$SYS/brokers/{host}"),
+            &["\"names\":\"cluster\""],
+            "the names bucket open",
+        );
     }
     eprintln!(
         "names cluster-wide on every broker {:?} after they started",
@@ -151,8 +156,17 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
         "a retained state across brokers: {sub:?}"
     );
 
-    // A request from a client of b2 is answered by the pin, a client of another broker.
-    let reply = lan.run(
+    // A request from a client of b2 is answered by the pin, a client of another broker, once
+    // the pin is on the broker it prefers (a node moving is offline for a moment, and a request
+    // meanwhile, like one in NATS, finds no one).
+    until_retained(
+        "b2",
+        "$SYS/nodes/pin-1",
+        &["\"online\":true", "\"broker\":\"b1\""],
+        "pin-1 online on b1",
+    );
+    pin.skip_lines();
+    let mut req = lan.start(
         "b2",
         &[
             "req",
@@ -163,8 +177,25 @@ fn the_circuit_runs_across_three_brokers_joined_by_a_nats_cluster() {
             "--broker",
             &url("b2"),
         ],
-        Duration::from_secs(20),
     );
+    let status = req.wait_exit(Duration::from_secs(20));
+    if !status.is_some_and(|s| s.success()) {
+        // Where it was lost: on its way to the pin, or the answer on its way back.
+        let mut seen = Vec::new();
+        let looked = Instant::now();
+        while looked.elapsed() < Duration::from_secs(1) {
+            seen.extend(pin.line(Duration::from_millis(100)));
+        }
+        let reached = seen.iter().any(|l| l.contains("tick 99 "));
+        panic!(
+            "breadboard req through b2 got no answer ({status:?}); the pin {} the request; \
+             the pin printed meanwhile: {seen:?}",
+            if reached { "answered" } else { "never saw" }
+        );
+    }
+    let reply = req
+        .line(Duration::from_secs(1))
+        .expect("req --json prints the reply");
     let reply: serde_json::Value = serde_json::from_str(reply.trim()).expect("req --json");
     assert_eq!(reply["from"], "pin-1", "{reply}");
     assert!(reply["data"].is_array(), "the pin's bits: {reply}");

@@ -319,7 +319,7 @@ impl Session {
             .access
             .replaced()
             .map(|t| Box::pin(t.cancelled_owned()));
-        // Once named in a cluster.
+        // Armed once the client is named in a cluster: resolves if the cluster evicts it.
         let mut evicted = None;
         loop {
             let event = poll_fn(|cx| {

@@ -41,6 +41,19 @@ impl BrokerChoice {
             peer: service.peer_rank(),
         })
     }
+
+    /// The broker a service offers, as [`BrokerChoice::of`], for a broker already known as
+    /// `before`: at the address it was known by while it still has that one. A broker's record
+    /// changes as its addresses resolve one by one (its own host's loopback first, for a node
+    /// beside it); a node that followed every such change would reconnect for nothing, and
+    /// miss what was sent to it meanwhile.
+    pub fn refreshed(before: &BrokerChoice, service: &Service) -> Option<Self> {
+        let mut choice = Self::of(service)?;
+        if service.broker_urls().any(|url| url == before.url) {
+            choice.url.clone_from(&before.url);
+        }
+        Some(choice)
+    }
 }
 
 /// Which broker a node wants, when it finds them over mDNS.
@@ -133,7 +146,10 @@ pub fn follow_brokers(
                         continue;
                     };
                     match known.iter_mut().find(|c| c.fullname == choice.fullname) {
-                        Some(existing) => *existing = choice,
+                        Some(existing) => {
+                            *existing =
+                                BrokerChoice::refreshed(existing, &service).unwrap_or(choice);
+                        }
                         None => known.push(choice),
                     }
                 }
@@ -182,6 +198,36 @@ mod tests {
         assert!(BrokerChoice::of(&broker("a", &ours)).is_some());
         assert!(BrokerChoice::of(&broker("b", "999")).is_none());
         assert!(BrokerChoice::of(&broker("c", "")).is_none());
+    }
+
+    #[test]
+    fn a_known_broker_keeps_its_address_while_it_still_has_it() {
+        let ours = proto::PROTOCOL_VERSION.to_string();
+        let mut service = broker("a", &ours);
+        // Its own host's node resolves it on loopback first...
+        service.addrs = vec![Ipv4Addr::LOCALHOST];
+        let first = BrokerChoice::of(&service).unwrap();
+        assert_eq!(first.url, "ws://127.0.0.1:8765/");
+        // ...then its LAN address, which sorts first.
+        service.addrs = vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::LOCALHOST];
+        assert_eq!(
+            BrokerChoice::of(&service).unwrap().url,
+            "ws://10.0.0.1:8765/"
+        );
+        let kept = BrokerChoice::refreshed(&first, &service).unwrap();
+        assert_eq!(
+            kept, first,
+            "no move for another address of the same broker"
+        );
+        // An address it no longer has is not kept.
+        service.addrs = vec![Ipv4Addr::new(10, 0, 0, 1)];
+        let moved = BrokerChoice::refreshed(&first, &service).unwrap();
+        assert_eq!(moved.url, "ws://10.0.0.1:8765/");
+        // Nor is an address of a broker whose TLS changed (the scheme is part of the URL).
+        service.addrs = vec![Ipv4Addr::LOCALHOST];
+        service.txt.insert("tls".into(), "1".into());
+        let tls = BrokerChoice::refreshed(&first, &service).unwrap();
+        assert_eq!(tls.url, "wss://127.0.0.1:8765/");
     }
 
     #[test]

@@ -45,10 +45,16 @@ impl Service {
 
     /// For a broker: the WebSocket URL of its first address, `wss://` when it serves TLS.
     pub fn broker_url(&self) -> Option<String> {
-        let addr = self.addrs.first()?;
+        self.broker_urls().next()
+    }
+
+    /// For a broker: its WebSocket URL at each of its addresses, in their order.
+    pub fn broker_urls(&self) -> impl Iterator<Item = String> + '_ {
         let path = self.get("path").unwrap_or("/");
         let scheme = if self.tls() { "wss" } else { "ws" };
-        Some(format!("{scheme}://{addr}:{}{path}", self.port))
+        self.addrs
+            .iter()
+            .map(move |addr| format!("{scheme}://{addr}:{}{path}", self.port))
     }
 
     /// For a broker: whether it serves TLS (TXT `tls=1`).

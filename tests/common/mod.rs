@@ -68,15 +68,20 @@ impl Proc {
 
     /// Waits (up to `limit`) for a line containing `needle`; returns how long it took.
     pub fn time_to(&self, needle: &str, limit: std::time::Duration) -> std::time::Duration {
+        self.time_to_any(&[needle], limit)
+    }
+
+    /// Waits (up to `limit`) for a line containing one of `needles`; returns how long it took.
+    pub fn time_to_any(&self, needles: &[&str], limit: std::time::Duration) -> std::time::Duration {
         let started = std::time::Instant::now();
         while let Some(left) = limit.checked_sub(started.elapsed()) {
             match self.line(left) {
-                Some(line) if line.contains(needle) => return started.elapsed(),
+                Some(line) if needles.iter().any(|n| line.contains(n)) => return started.elapsed(),
                 Some(_) => {}
                 None => break,
             }
         }
-        panic!("no line containing {needle:?} within {limit:?}");
+        panic!("no line containing any of {needles:?} within {limit:?}");
     }
 
     /// The next stdout line, or `None` after `wait` (or when the process closed stdout).
