@@ -205,6 +205,8 @@ pub struct RetainedTree {
     /// Topics and bytes that count against the limits (not `$SYS`).
     topics: usize,
     bytes: usize,
+    /// When topics without a value were cleared (kept in a cluster only).
+    cleared: Clearings,
 }
 
 impl RetainedTree {
@@ -216,6 +218,7 @@ impl RetainedTree {
             len: 0,
             topics: 0,
             bytes: 0,
+            cleared: Clearings::default(),
         }
     }
 
@@ -266,6 +269,7 @@ impl RetainedTree {
             node = node.children.entry(level.into()).or_default();
         }
         let size = value.size;
+        self.cleared.forget(value.topic.as_str());
         match node.value.replace(value) {
             Some(old) if counts => self.bytes = self.bytes - old.size + size,
             Some(_) => {}
@@ -278,6 +282,26 @@ impl RetainedTree {
             }
         }
         Ok(())
+    }
+
+    /// Forgets the value of `topic` as cleared at `ms` (unix ms), which [`Self::last_change`]
+    /// remembers once [`Self::remember_clearings`] was called; returns the value.
+    pub fn clear(&mut self, topic: &str, ms: u64) -> Option<Arc<Retained>> {
+        self.cleared.record(topic, ms);
+        self.remove(topic)
+    }
+
+    /// Starts remembering when topics are cleared (a broker that joins a cluster).
+    pub fn remember_clearings(&mut self) {
+        self.cleared.enable();
+    }
+
+    /// When `topic` last changed here: its value's time, else when it was last cleared (if
+    /// that is remembered).
+    pub fn last_change(&self, topic: &str) -> Option<u64> {
+        self.get(topic)
+            .map(|r| r.updated_ms())
+            .or_else(|| self.cleared.get(topic))
     }
 
     /// Forgets the value of `topic`; returns it.
@@ -320,24 +344,24 @@ impl RetainedTree {
 /// [`Clearings::CAP`] entries, those older than [`Clearings::KEEP_MS`] go, and if that is not
 /// enough, all of them (an old value may then come back, as without this record).
 #[derive(Debug, Default)]
-pub struct Clearings {
+struct Clearings {
     enabled: bool,
     at: HashMap<String, u64>,
 }
 
 impl Clearings {
     /// Entries kept at most.
-    pub const CAP: usize = 65_536;
+    const CAP: usize = 65_536;
     /// How long a clearing is worth remembering: far longer than any lag of the bucket.
-    pub const KEEP_MS: u64 = 10 * 60 * 1000;
+    const KEEP_MS: u64 = 10 * 60 * 1000;
 
     /// Starts remembering (a broker that joins a cluster).
-    pub fn enable(&mut self) {
+    fn enable(&mut self) {
         self.enabled = true;
     }
 
     /// `topic` was cleared at `ms` (unix ms).
-    pub fn record(&mut self, topic: &str, ms: u64) {
+    fn record(&mut self, topic: &str, ms: u64) {
         if !self.enabled {
             return;
         }
@@ -353,14 +377,14 @@ impl Clearings {
     }
 
     /// `topic` holds a value again.
-    pub fn forget(&mut self, topic: &str) {
+    fn forget(&mut self, topic: &str) {
         if !self.at.is_empty() {
             self.at.remove(topic);
         }
     }
 
     /// When `topic` was last cleared, if that is remembered.
-    pub fn get(&self, topic: &str) -> Option<u64> {
+    fn get(&self, topic: &str) -> Option<u64> {
         self.at.get(topic).copied()
     }
 }

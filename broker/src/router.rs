@@ -24,7 +24,7 @@ use crate::cluster::Link;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{Backlogs, Frame, Outbox, Outgoing};
-use crate::retained::{Clearings, Limits, Retained, RetainedFull, RetainedTree};
+use crate::retained::{Limits, Retained, RetainedFull, RetainedTree};
 use crate::store::{self, Ack, Store};
 use crate::trie::Trie;
 
@@ -94,8 +94,6 @@ pub struct Router {
     generation: AtomicU64,
     /// Topic → last retained value, in a tree on levels.
     retained: Mutex<RetainedTree>,
-    /// When topics were last cleared, in a cluster (locked after `retained`, never before).
-    cleared: Mutex<Clearings>,
     /// `hello` names online → the id of the client holding each.
     names: DashMap<String, u64>,
     /// Counters, shared with the HTTP endpoints.
@@ -151,7 +149,6 @@ impl Router {
                 topics: config.max_retained,
                 bytes: config.max_retained_bytes,
             })),
-            cleared: Mutex::default(),
             names: DashMap::new(),
             backlogs: Backlogs::new(config.max_backlog_bytes, metrics.clone()),
             metrics,
@@ -168,12 +165,11 @@ impl Router {
 
     /// Joins the router to a cluster bridge (once).
     pub(crate) fn attach(&self, link: Arc<Link>) {
-        self.clearings().enable();
+        self.retained
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remember_clearings();
         let _ = self.cluster.set(link);
-    }
-
-    fn clearings(&self) -> std::sync::MutexGuard<'_, Clearings> {
-        self.cleared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether retained values are written to disk (and a retained `pub` with an `id` is
@@ -350,8 +346,7 @@ impl Router {
     fn retain(&self, p: &Publish<'_>, from: Option<&str>) -> Result<Kept, RetainedFull> {
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
         let result = if p.data.is_null() {
-            retained.remove(p.topic.as_str());
-            self.clearings().record(p.topic.as_str(), unix_ms());
+            retained.clear(p.topic.as_str(), unix_ms());
             Ok(Kept::Cleared)
         } else {
             let (topic, data, now) = (p.topic.to_name(), p.data.to_value(), unix_ms());
@@ -364,11 +359,9 @@ impl Router {
                 (Retained::new(topic, data, from, now), Vec::new())
             };
             let value = Arc::new(value);
-            let kept = retained.insert(value.clone());
-            if kept.is_ok() {
-                self.clearings().forget(p.topic.as_str());
-            }
-            kept.map(|()| Kept::Set(value, json))
+            retained
+                .insert(value.clone())
+                .map(|()| Kept::Set(value, json))
         };
         self.metrics.retained.store(retained.len() as u64, Relaxed);
         result
@@ -396,24 +389,19 @@ impl Router {
         // Held as a publish holds it, so that a subscribe's replay sees the value or not, whole.
         let _index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         let mut retained = self.retained.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut cleared = self.clearings();
-        let current = retained.get(topic.as_str()).map(|r| r.updated_ms());
         // A value older than this broker's last word on the topic (a value, or its clearing)
         // stays out: it was overtaken here, and the bucket is about to hear of it.
-        if current
-            .or_else(|| cleared.get(topic.as_str()))
+        if retained
+            .last_change(topic.as_str())
             .is_some_and(|ms| ms >= at_ms)
         {
             return false;
         }
         let kept = match value {
-            None if current.is_none() => {
-                cleared.record(topic.as_str(), at_ms);
-                return false;
-            }
             None => {
-                retained.remove(topic.as_str());
-                cleared.record(topic.as_str(), at_ms);
+                if retained.clear(topic.as_str(), at_ms).is_none() {
+                    return false;
+                }
                 Kept::Cleared
             }
             Some((data, from)) => {
@@ -430,12 +418,10 @@ impl Router {
                 if retained.insert(value.clone()).is_err() {
                     return false;
                 }
-                cleared.forget(topic.as_str());
                 Kept::Set(value, json)
             }
         };
         self.metrics.retained.store(retained.len() as u64, Relaxed);
-        drop(cleared);
         drop(retained);
         self.persist(topic.as_str(), kept, None);
         true
@@ -664,7 +650,7 @@ mod tests {
     #[test]
     fn a_value_from_the_cluster_older_than_a_clearing_here_stays_out() {
         let router = Router::default();
-        router.clearings().enable();
+        router.retained.lock().unwrap().remember_clearings();
         let t = topic("pin/p/state");
         publish(&router, &t, json!(0), true);
         let set_at = router.retained_value(t.as_str()).unwrap().updated_ms();
